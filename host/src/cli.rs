@@ -1,0 +1,154 @@
+//! The `weir` command line: parses arguments, loads the configuration
+//! (exiting 64 on a bad one, before anything is bound), and dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::queue::spool;
+
+/// Exit status for a bad configuration or command line (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// Weir: an SMTP gateway whose policy runs as sandboxed WebAssembly.
+#[derive(Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the embedded default if no --config is given).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the effective settings.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List the messages in the spool, one per line: queue id, arrival
+    /// time, size, sender and recipients.
+    Ls {
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One JSON envelope per line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one message as stored (with the Received header weir added).
+    Cat {
+        /// The queue id, as `queue ls` shows it.
+        id: String,
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = match &cli.command {
+        Command::Serve { config } | Command::CheckConfig { config } => config,
+        Command::Queue {
+            command: QueueCommand::Ls { config, .. } | QueueCommand::Cat { config, .. },
+        } => config,
+    };
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weir: bad configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    init_logging(&config.log_level);
+    let result = match cli.command {
+        Command::CheckConfig { .. } => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::Serve { .. } => serve(config),
+        Command::Queue { command } => queue(&config, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::server::serve(config))
+}
+
+fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
+    match command {
+        QueueCommand::Ls { json, .. } => {
+            for m in spool::scan(&config.data_dir, false)? {
+                let e = &m.envelope;
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                    continue;
+                }
+                let when = chrono::DateTime::from_timestamp(e.received_at, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let rcpts: Vec<&str> = e.recipients.iter().map(|r| r.address.as_str()).collect();
+                println!(
+                    "{} {when} {:>8} <{}> {}",
+                    e.id,
+                    e.size,
+                    e.sender,
+                    rcpts.join(" ")
+                );
+            }
+            Ok(())
+        }
+        QueueCommand::Cat { id, .. } => {
+            let wanted: crate::queue::QueueId = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{id:?} is not a queue id"))?;
+            let found = spool::scan(&config.data_dir, true)?
+                .into_iter()
+                .find(|m| m.envelope.id == wanted)
+                .ok_or_else(|| anyhow::anyhow!("no message {id} in the spool"))?;
+            use std::io::Write;
+            std::io::stdout().write_all(found.message.as_deref().unwrap_or_default())?;
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

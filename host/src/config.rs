@@ -1,0 +1,373 @@
+//! The gateway's configuration: one TOML file plus `WEIR_*` environment
+//! overrides, read with figment, validated once at start.
+//!
+//! Distrusts: everything in the file. Unknown keys and bad values are errors
+//! that name the key, the file and (where the key is in the file) the line.
+//! With no file at all the embedded default runs a gateway that works on a
+//! laptop: 127.0.0.1:2525, data under `./weir-data`, relaying only for
+//! loopback clients.
+//!
+//! Every key is documented in `docs/config.md`; a unit test fails when one
+//! is not.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name this gateway gives itself in banners, EHLO replies and Received
+    /// headers. Defaults to the system's host name.
+    pub hostname: String,
+    /// Where the spool and other state live.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing's `EnvFilter` syntax); `RUST_LOG` wins if set.
+    pub log_level: String,
+    /// Spool tuning.
+    pub spool: SpoolConfig,
+    /// Receive connectors.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Spool tuning. The durability guarantee does not depend on these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// A segment file is closed and a new one started past this size.
+    pub segment_size: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            segment_size: ByteSize::mib(64),
+        }
+    }
+}
+
+/// How a listener uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// No TLS; STARTTLS is not offered.
+    #[default]
+    Off,
+    /// STARTTLS offered, not required (port 25).
+    Starttls,
+    /// STARTTLS offered and required before MAIL (port 587).
+    Required,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+}
+
+/// One receive connector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Name used in logs, Received headers and the spool.
+    pub name: String,
+    /// Address and port to listen on (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// Host name in this listener's banner; defaults to the global hostname.
+    pub banner_hostname: Option<String>,
+    /// Clients allowed to connect at all; others get 554 5.7.1.
+    pub allowed_clients: Vec<IpNet>,
+    /// Clients allowed to send to domains that are not local.
+    pub relay_clients: Vec<IpNet>,
+    /// Domains this gateway accepts mail for from anyone allowed to connect.
+    pub local_domains: Vec<String>,
+    /// TLS policy.
+    pub tls: TlsMode,
+    /// PEM certificate chain, needed unless `tls = "off"`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key, needed unless `tls = "off"`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest message accepted (announced in EHLO SIZE).
+    pub max_message_size: ByteSize,
+    /// Most recipients in one transaction; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Most simultaneous connections to this listener.
+    pub max_connections: usize,
+    /// Most simultaneous connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// How long to wait for a command (RFC 5321 4.5.3.2.7: at least 5 min).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How long to wait for each read of message data.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Error replies a client may provoke before it is disconnected.
+    pub max_errors: usize,
+    /// Wait this long before the greeting; a client that talks first is
+    /// rejected (the early-talker check of Postfix's postscreen).
+    #[serde(with = "humantime_serde")]
+    pub greeting_delay: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: "default".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            banner_hostname: None,
+            allowed_clients: vec![
+                "0.0.0.0/0".parse().expect("literal"),
+                "::/0".parse().expect("literal"),
+            ],
+            relay_clients: vec![
+                "127.0.0.0/8".parse().expect("literal"),
+                "::1/128".parse().expect("literal"),
+            ],
+            local_domains: Vec::new(),
+            tls: TlsMode::Off,
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: ByteSize::mib(25),
+            max_recipients: 1000,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 20,
+            greeting_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: default_hostname(),
+            data_dir: PathBuf::from("./weir-data"),
+            log_level: "info".into(),
+            spool: SpoolConfig::default(),
+            listeners: vec![ListenerConfig::default()],
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl ListenerConfig {
+    /// Whether a client at `ip` may connect.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        contains(&self.allowed_clients, ip)
+    }
+
+    /// Whether a client at `ip` may relay to non-local domains.
+    pub fn may_relay(&self, ip: IpAddr) -> bool {
+        contains(&self.relay_clients, ip)
+    }
+
+    /// Whether `domain` is one we accept mail for (case-insensitive).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.local_domains
+            .iter()
+            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+    }
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    // An IPv4 client reaching a dual-stack socket shows up as ::ffff:a.b.c.d.
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named on the command line does not exist.
+    #[error("config file {0} not found")]
+    NotFound(PathBuf),
+    /// A key is unknown or its value is wrong.
+    #[error("{message}")]
+    Invalid {
+        /// What was wrong, with the key, file and line.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the embedded default, then `file` (if any), then `WEIR_*`
+    /// environment variables (`__` separates nested keys:
+    /// `WEIR_SPOOL__SEGMENT_SIZE`), and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut text = None;
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::NotFound(path.to_path_buf()));
+            }
+            text = std::fs::read_to_string(path).ok();
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("WEIR_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| describe_figment_error(e, file, text.as_deref()))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let origin = file
+            .map(|f| format!(" in {}", f.display()))
+            .unwrap_or_default();
+        if self.listeners.is_empty() {
+            return Err(ConfigError::invalid(format!(
+                "no [[listener]] configured{origin}"
+            )));
+        }
+        if self.hostname.is_empty() {
+            return Err(ConfigError::invalid(format!(
+                "key `hostname`{origin}: must not be empty"
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |k: &str| format!("key `listener.{i}.{k}`{origin}");
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError::invalid(format!(
+                    "{}: listener name {:?} is used twice",
+                    key("name"),
+                    l.name
+                )));
+            }
+            if l.tls != TlsMode::Off && (l.tls_cert.is_none() || l.tls_key.is_none()) {
+                return Err(ConfigError::invalid(format!(
+                    "{}: tls = {:?} needs tls_cert and tls_key",
+                    key("tls"),
+                    l.tls
+                )));
+            }
+            for (k, v) in [
+                ("max_recipients", l.max_recipients),
+                ("max_connections", l.max_connections),
+                ("max_connections_per_ip", l.max_connections_per_ip),
+                ("max_errors", l.max_errors),
+            ] {
+                if v == 0 {
+                    return Err(ConfigError::invalid(format!(
+                        "{}: must be at least 1",
+                        key(k)
+                    )));
+                }
+            }
+            // The spool stores a record length in 32 bits.
+            if l.max_message_size.as_u64() == 0 || l.max_message_size.as_u64() > u32::MAX as u64 / 2
+            {
+                return Err(ConfigError::invalid(format!(
+                    "{}: must be between 1 byte and 2 GiB",
+                    key("max_message_size")
+                )));
+            }
+            if l.command_timeout.is_zero() || l.data_timeout.is_zero() {
+                return Err(ConfigError::invalid(format!(
+                    "{}: timeouts must be longer than zero",
+                    key("command_timeout")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `weir check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// Turns figment's error into one that names the key, the file and the line.
+fn describe_figment_error(
+    err: figment::Error,
+    file: Option<&Path>,
+    text: Option<&str>,
+) -> ConfigError {
+    use figment::error::Kind;
+    let mut messages = Vec::new();
+    for e in err {
+        let mut path = e.path.clone();
+        if let Kind::UnknownField(field, _) = &e.kind {
+            path.push(field.clone());
+        }
+        let key = path.join(".");
+        let from_file = e
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("TOML"));
+        let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("env"));
+        let place = match (from_file, file, text) {
+            (true, Some(f), Some(t)) => match line_of_key(t, &path) {
+                Some(line) => format!(" in {}, line {line}", f.display()),
+                None => format!(" in {}", f.display()),
+            },
+            _ if from_env => " (from the environment)".to_string(),
+            _ => String::new(),
+        };
+        let what = match &e.kind {
+            Kind::UnknownField(field, expected) => {
+                format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+            }
+            kind => kind.to_string(),
+        };
+        messages.push(format!("key `{key}`{place}: {what}"));
+    }
+    ConfigError::invalid(messages.join("\n"))
+}
+
+/// Finds the 1-based line of a dotted key path (`listener.0.bind`) in TOML
+/// text, so an error can point at it.
+fn line_of_key(text: &str, path: &[String]) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut span = None;
+    let mut parts = path.iter().peekable();
+    while let Some(part) = parts.next() {
+        let (key, value) = table.get_key_value(part)?;
+        span = key.span().or(span);
+        // `[[listener]]` arrays are addressed by index: `listener.0`.
+        let value = match (value, parts.peek().and_then(|p| p.parse::<usize>().ok())) {
+            (toml_edit::Item::ArrayOfTables(array), Some(index)) => {
+                parts.next();
+                let t = array.get(index)?;
+                span = t.span().or(span);
+                table = t;
+                continue;
+            }
+            (value, _) => value,
+        };
+        match value.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    let offset = span?.start;
+    Some(text[..offset].bytes().filter(|&b| b == b'\n').count() + 1)
+}

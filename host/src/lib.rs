@@ -1,0 +1,31 @@
+//! Weir: an SMTP gateway whose policy runs as sandboxed WebAssembly
+//! components.
+//!
+//! The modules, in the order a message flows through them:
+//!
+//! - [`config`]: the TOML file and `WEIR_*` overrides, validated once.
+//! - [`listener`]: receive connectors; accept, connection limits, TLS.
+//! - [`smtp`]: one SMTP session per connection; builds the envelope and
+//!   the message and hands them to the queue.
+//! - [`queue`]: the durable spool; a message is acknowledged only once it
+//!   is on disk and fsynced.
+//!
+//! Beside them: [`server`] wires the modules together for `weir serve`;
+//! [`shutdown`] is the one stop signal every task watches; [`cli`] is the
+//! command line.
+//!
+//! Plugins (`plugins`), delivery (`delivery`), authentication (`auth`),
+//! shared state (`state`) and the admin API (`admin`) join this list as
+//! they are built; `docs/DESIGN.md` is the map.
+//!
+//! Errors: each library module has its own `thiserror` enum
+//! ([`config::ConfigError`], [`queue::SpoolError`], ...); `anyhow` is used
+//! only where the binary meets the world ([`cli`], [`server`]).
+
+pub mod cli;
+pub mod config;
+pub mod listener;
+pub mod queue;
+pub mod server;
+pub mod shutdown;
+pub mod smtp;

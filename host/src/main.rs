@@ -1,0 +1,5 @@
+//! The `weir` binary: everything is in the library; see `weir::cli`.
+
+fn main() -> std::process::ExitCode {
+    weir::cli::run()
+}

@@ -1,0 +1,100 @@
+//! The envelope: everything about a message that is not its bytes, as it
+//! is kept in the spool (sender, recipients, DSN parameters of RFC 3461,
+//! where it came from and when).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::QueueId;
+
+/// A message's envelope, stored beside its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Queue id, assigned at MAIL FROM.
+    pub id: QueueId,
+    /// Reverse path; empty for the null sender (bounces).
+    pub sender: String,
+    /// Forward paths in RCPT order.
+    pub recipients: Vec<Recipient>,
+    /// RFC 3461 RET: what a bounce returns.
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID, as received (xtext-decoded by the parser).
+    pub envid: Option<String>,
+    /// BODY= declared at MAIL FROM.
+    pub body: BodyType,
+    /// SMTPUTF8 was requested at MAIL FROM (RFC 6531).
+    pub smtputf8: bool,
+    /// Who sent it.
+    pub client: ClientInfo,
+    /// When the end of data was received, seconds since the Unix epoch.
+    pub received_at: i64,
+    /// Size of the stored message in bytes (with our Received header).
+    pub size: u64,
+}
+
+/// One recipient and its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward path, as given (local part case preserved).
+    pub address: String,
+    /// RFC 3461 ORCPT (`addr-type;address`).
+    pub orcpt: Option<String>,
+    /// RFC 3461 NOTIFY.
+    pub notify: NotifyFlags,
+}
+
+/// RFC 3461 NOTIFY values. All false means the parameter was absent (the
+/// default, which is "FAILURE" and perhaps "DELAY", applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyFlags {
+    /// NOTIFY=SUCCESS.
+    pub success: bool,
+    /// NOTIFY=FAILURE.
+    pub failure: bool,
+    /// NOTIFY=DELAY.
+    pub delay: bool,
+    /// NOTIFY=NEVER.
+    pub never: bool,
+}
+
+/// RFC 3461 RET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    /// Return the full message in a bounce.
+    Full,
+    /// Return only the headers.
+    Hdrs,
+}
+
+/// BODY= parameter (RFC 6152).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyType {
+    /// Not declared, or 7BIT.
+    #[default]
+    SevenBit,
+    /// 8BITMIME.
+    EightBitMime,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The client's address and port.
+    pub addr: SocketAddr,
+    /// The EHLO/HELO argument.
+    pub helo: String,
+    /// The listener that took the message.
+    pub listener: String,
+    /// TLS parameters if the session was encrypted.
+    pub tls: Option<TlsInfo>,
+}
+
+/// TLS parameters of a session, for the Received header and the logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1_3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}

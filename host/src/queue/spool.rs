@@ -1,0 +1,531 @@
+//! The durable spool: an append-only log of segment files with group commit.
+//!
+//! Why a log and not a file per message (Postfix's way): on this class of
+//! disk one `fsync` costs about 0.3–0.6 ms, so a file per message with its
+//! directory fsync caps a gateway near 2,000 messages/s however many cores
+//! it has. Appending many messages and syncing once acknowledges them all
+//! for the price of one sync (measured: 0.025 ms per 4 KiB message in
+//! batches of 20).
+//!
+//! Layout: `DATA_DIR/spool/segment-NNNNNNNNNNNNNNNN.log`. A running gateway
+//! appends only to the segment it created at start; earlier segments are
+//! read-only. Each record is
+//!
+//! ```text
+//! magic "WEIR" | kind u8 | 0 0 0 | payload length u32 LE | CRC-32 u32 LE | payload
+//! ```
+//!
+//! and the CRC covers kind and payload. A message record's payload is the
+//! envelope's length (u32 LE), the envelope as JSON and the message bytes.
+//!
+//! Guarantee: [`Spool::store`] resolves only after the record has been
+//! written and `fdatasync`ed (and, for a new segment, after the directory
+//! entry has been synced too). A crash can leave a torn record at the end of
+//! the newest segment; its length or CRC then fails to check, and recovery
+//! stops reading that segment there, so a partial write is never taken for
+//! a message.
+//!
+//! One writer thread owns the open segment: sessions send it records over a
+//! channel; it takes everything waiting, writes it, syncs once and answers
+//! each sender. Under load the batch grows by itself, with no timer.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::Envelope;
+
+const MAGIC: &[u8; 4] = b"WEIR";
+const HEADER_LEN: usize = 16;
+const KIND_MESSAGE: u8 = 1;
+/// Writes larger than this skip the batch buffer.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A message's identity in the queue: microseconds since the Unix epoch at
+/// MAIL FROM, made unique and increasing by the spool. Shown as 16 hex
+/// digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(pub u64);
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(QueueId)
+    }
+}
+
+impl Serialize for QueueId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What can go wrong with the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The disk said no.
+    #[error("spool I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another process holds the spool.
+    #[error("spool {0} is in use by another weir process")]
+    Locked(PathBuf),
+    /// The writer thread is gone (it only stops when every handle is dropped,
+    /// or after an I/O error it could not recover from).
+    #[error("spool writer has stopped")]
+    WriterGone,
+    /// A message too large for a record (over 4 GiB).
+    #[error("message of {0} bytes is too large for the spool")]
+    TooLarge(usize),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A message found in the spool.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// The segment file holding it.
+    pub segment: PathBuf,
+    /// Byte offset of its record in the segment.
+    pub offset: u64,
+    /// The message bytes, if asked for.
+    pub message: Option<Vec<u8>>,
+}
+
+/// A handle on the spool; cheap to clone, shared by all sessions.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: mpsc::Sender<Job>,
+    last_id: AtomicU64,
+    dir: PathBuf,
+    // Held for the life of the spool: the advisory lock on `dir/lock`.
+    _lock: File,
+}
+
+struct Job {
+    header_and_envelope: Vec<u8>,
+    message: Vec<u8>,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool under `data_dir/spool`, recovers
+    /// what it holds, and starts the writer on a fresh segment.
+    pub fn open(data_dir: &Path, segment_size: u64) -> Result<(Spool, Vec<StoredMessage>), SpoolError> {
+        let dir = data_dir.join("spool");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(SpoolError::Locked(dir));
+        }
+
+        let recovered = scan(data_dir, false)?;
+        let segments = list_segments(&dir)?;
+        let next_segment = segments.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let max_id = recovered.iter().map(|m| m.envelope.id.0).max().unwrap_or(0);
+
+        let writer = SegmentWriter::create(&dir, next_segment, segment_size)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(&dir))?;
+
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                writer: tx,
+                last_id: AtomicU64::new(max_id),
+                dir,
+                _lock: lock,
+            }),
+        };
+        Ok((spool, recovered))
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// A new queue id, unique within this spool and larger than any before.
+    pub fn next_id(&self) -> QueueId {
+        let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        let prev = self
+            .inner
+            .last_id
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("closure always returns Some");
+        QueueId(now.max(prev + 1))
+    }
+
+    /// Stores a message; resolves once it is on disk and synced.
+    pub async fn store(&self, envelope: &Envelope, message: Vec<u8>) -> Result<(), SpoolError> {
+        let envelope_json = serde_json::to_vec(envelope).expect("envelope serialises");
+        let payload_len = 4 + envelope_json.len() + message.len();
+        let payload_len32 =
+            u32::try_from(payload_len).map_err(|_| SpoolError::TooLarge(message.len()))?;
+
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[KIND_MESSAGE]);
+        crc.update(&(envelope_json.len() as u32).to_le_bytes());
+        crc.update(&envelope_json);
+        crc.update(&message);
+
+        let mut head = Vec::with_capacity(HEADER_LEN + 4 + envelope_json.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&[KIND_MESSAGE, 0, 0, 0]);
+        head.extend_from_slice(&payload_len32.to_le_bytes());
+        head.extend_from_slice(&crc.finalize().to_le_bytes());
+        head.extend_from_slice(&(envelope_json.len() as u32).to_le_bytes());
+        head.extend_from_slice(&envelope_json);
+
+        let (done, wait) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job {
+                header_and_envelope: head,
+                message,
+                done,
+            })
+            .map_err(|_| SpoolError::WriterGone)?;
+        wait.await.map_err(|_| SpoolError::WriterGone)?
+    }
+}
+
+/// The writer thread's state: the segment it appends to.
+struct SegmentWriter {
+    dir: PathBuf,
+    number: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Bytes known to be complete records (synced or about to be).
+    len: u64,
+    max_len: u64,
+}
+
+impl SegmentWriter {
+    fn create(dir: &Path, number: u64, max_len: u64) -> Result<Self, SpoolError> {
+        let path = dir.join(segment_name(number));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // The new name must survive a crash before any record in it is
+        // acknowledged.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            number,
+            path,
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
+            len: 0,
+            max_len,
+        })
+    }
+
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::new();
+        // Blocks for the first job; ends when every Spool handle is gone.
+        while let Ok(first) = jobs.recv() {
+            batch.push(first);
+            while let Ok(more) = jobs.try_recv() {
+                batch.push(more);
+            }
+            let result = self.append(&batch);
+            let failed = result.is_err();
+            for job in batch.drain(..) {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(SpoolError::Io {
+                        path: self.path.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }),
+                };
+                // A session that went away no longer waits; nothing to do.
+                let _ = job.done.send(answer);
+            }
+            if failed || self.len >= self.max_len {
+                if let Err(e) = self.rotate(failed) {
+                    tracing::error!(error = %e, "spool: cannot start a new segment; refusing further messages");
+                    return;
+                }
+            }
+        }
+        let _ = self.out.flush();
+    }
+
+    fn append(&mut self, batch: &[Job]) -> io::Result<()> {
+        let mut added = 0u64;
+        for job in batch {
+            self.out.write_all(&job.header_and_envelope)?;
+            self.out.write_all(&job.message)?;
+            added += (job.header_and_envelope.len() + job.message.len()) as u64;
+        }
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        self.len += added;
+        Ok(())
+    }
+
+    /// Starts the next segment. After a failed write the old one is cut back
+    /// to its last good record so nothing torn sits in front of later data.
+    fn rotate(&mut self, after_failure: bool) -> Result<(), SpoolError> {
+        if after_failure {
+            let _ = self.out.get_ref().set_len(self.len);
+            let _ = self.out.get_ref().sync_all();
+        }
+        let next = SegmentWriter::create(&self.dir, self.number + 1, self.max_len)?;
+        let old = std::mem::replace(self, next);
+        drop(old.out.into_inner());
+        Ok(())
+    }
+}
+
+fn segment_name(number: u64) -> String {
+    format!("segment-{number:016}.log")
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("segment-"))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((number, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Reads every complete message in the spool under `data_dir`, oldest
+/// first. Needs no lock: segments are append-only, and a record being
+/// written is not yet complete, so it is skipped.
+pub fn scan(data_dir: &Path, with_messages: bool) -> Result<Vec<StoredMessage>, SpoolError> {
+    let dir = data_dir.join("spool");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for (_, path) in list_segments(&dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(&path))?;
+        let mut offset = 0usize;
+        while let Some((kind, payload)) = next_record(&bytes[offset..]) {
+            let record_offset = offset;
+            offset += HEADER_LEN + payload.len();
+            if kind != KIND_MESSAGE {
+                continue;
+            }
+            let Some((envelope, message)) = split_message(payload) else {
+                tracing::warn!(segment = %path.display(), offset = record_offset, "spool: undecodable envelope, record skipped");
+                continue;
+            };
+            found.push(StoredMessage {
+                envelope,
+                segment: path.clone(),
+                offset: record_offset as u64,
+                message: with_messages.then(|| message.to_vec()),
+            });
+        }
+        if offset < bytes.len() {
+            tracing::info!(
+                segment = %path.display(),
+                offset,
+                trailing = bytes.len() - offset,
+                "spool: incomplete record at end of segment ignored (write interrupted before it was acknowledged)"
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Decodes one record at the start of `bytes`: `None` if it is incomplete
+/// or does not check.
+fn next_record(bytes: &[u8]) -> Option<(u8, &[u8])> {
+    let header = bytes.get(..HEADER_LEN)?;
+    if &header[..4] != MAGIC {
+        return None;
+    }
+    let kind = header[4];
+    let len = u32::from_le_bytes(header[8..12].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[12..16].try_into().ok()?);
+    let payload = bytes.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(payload);
+    (hasher.finalize() == crc).then_some((kind, payload))
+}
+
+fn split_message(payload: &[u8]) -> Option<(Envelope, &[u8])> {
+    let env_len = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    let env = payload.get(4..4 + env_len)?;
+    let envelope = serde_json::from_slice(env).ok()?;
+    Some((envelope, &payload[4 + env_len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{BodyType, ClientInfo, Recipient};
+
+    fn envelope(id: QueueId) -> Envelope {
+        Envelope {
+            id,
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient {
+                address: "b@example.net".into(),
+                orcpt: None,
+                notify: Default::default(),
+            }],
+            ret: None,
+            envid: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                helo: "client".into(),
+                listener: "test".into(),
+                tls: None,
+            },
+            received_at: 0,
+            size: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_messages_are_recovered_and_torn_tails_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let (spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+            assert!(recovered.is_empty());
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                let id = spool.next_id();
+                spool
+                    .store(&envelope(id), format!("msg {i}\r\n").into_bytes())
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        };
+        // Simulate a crash mid-write: a torn record at the end of the segment.
+        let seg = list_segments(&dir.path().join("spool")).unwrap()[0].1.clone();
+        let full = fs::read(&seg).unwrap();
+        let last_start = {
+            let mut off = 0;
+            let mut last = 0;
+            while let Some((_, p)) = next_record(&full[off..]) {
+                last = off;
+                off += HEADER_LEN + p.len();
+            }
+            last
+        };
+        let mut torn = full.clone();
+        torn.extend_from_slice(&full[last_start..full.len() - 3]);
+        fs::write(&seg, &torn).unwrap();
+
+        let (spool, recovered) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let got: Vec<QueueId> = recovered.iter().map(|m| m.envelope.id).collect();
+        assert_eq!(got, ids);
+        // Ids keep increasing across restarts.
+        assert!(spool.next_id() > *ids.last().unwrap());
+        let bodies = scan(dir.path(), true).unwrap();
+        assert_eq!(bodies[3].message.as_deref(), Some(&b"msg 3\r\n"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_record_is_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+            let id = spool.next_id();
+            spool.store(&envelope(id), b"hello".to_vec()).await.unwrap();
+        }
+        let seg = list_segments(&dir.path().join("spool")).unwrap()[0].1.clone();
+        let mut bytes = fs::read(&seg).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        assert!(scan(dir.path(), false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_locked_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(matches!(
+            Spool::open(dir.path(), 1 << 20),
+            Err(SpoolError::Locked(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn segments_rotate_past_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 64).unwrap();
+        for _ in 0..3 {
+            let id = spool.next_id();
+            spool.store(&envelope(id), vec![b'x'; 100]).await.unwrap();
+        }
+        assert!(list_segments(&dir.path().join("spool")).unwrap().len() >= 3);
+        assert_eq!(scan(dir.path(), false).unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,92 @@
+//! MAIL FROM (RFC 5321 4.1.1.2) with SIZE (RFC 1870), BODY (RFC 6152),
+//! SMTPUTF8 (RFC 6531) and RET/ENVID (RFC 3461). Opens the transaction and
+//! takes its queue id.
+
+use smtp_proto::MailFrom;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::address::{self, AddressError};
+use super::reply::Reply;
+use super::session::{Session, Step, Transaction};
+use crate::queue::{BodyType, Ret};
+
+/// MAIL parameters we do not announce, and so refuse.
+const UNANNOUNCED: u64 = smtp_proto::MAIL_BODY_BINARYMIME
+    | smtp_proto::MAIL_REQUIRETLS
+    | smtp_proto::MAIL_CONPERM
+    | smtp_proto::MAIL_BY_NOTIFY
+    | smtp_proto::MAIL_BY_RETURN
+    | smtp_proto::MAIL_BY_TRACE;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) fn mail(&mut self, from: MailFrom<String>) -> Step {
+        if self.helo.is_none() {
+            return self.error(Reply::bad_sequence("Error: send HELO/EHLO first"));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::bad_sequence("Error: nested MAIL command"));
+        }
+        if from.flags & UNANNOUNCED != 0
+            || from.auth.is_some()
+            || from.trans_id.is_some()
+            || from.solicit.is_some()
+            || from.mtrk.is_some()
+            || from.hold_for != 0
+            || from.hold_until != 0
+            || from.mt_priority != 0
+            || from.by != 0
+        {
+            return self.error(Reply::bad_parameter("(not offered in EHLO)"));
+        }
+        let has_params = from.flags != 0 || from.size != 0 || from.env_id.is_some();
+        if has_params && !self.esmtp {
+            return self.error(Reply::bad_parameter("(MAIL parameters need EHLO)"));
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !from.address.is_empty() {
+            if let Err(e) = address::check(&from.address, smtputf8) {
+                return self.error(match e {
+                    AddressError::NeedsUtf8 => Reply::utf8_not_requested(),
+                    AddressError::LocalPartTooLong => {
+                        Reply::bad_sender("Error: sender local part longer than 64 octets")
+                    }
+                    AddressError::DomainTooLong => {
+                        Reply::bad_sender("Error: sender domain longer than 255 octets")
+                    }
+                    AddressError::NoDomain => {
+                        Reply::bad_sender("Error: sender address needs a domain")
+                    }
+                });
+            }
+        }
+        let limit = self.ctx.config.max_message_size.as_u64();
+        if from.size as u64 > limit {
+            return self.error(Reply::too_big(limit));
+        }
+        let ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(Ret::Full)
+        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(Ret::Hdrs)
+        } else {
+            None
+        };
+        let body = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        };
+        let id = self.ctx.spool.next_id();
+        tracing::debug!(peer = %self.peer, queue_id = %id, sender = %from.address, "MAIL");
+        self.txn = Some(Transaction {
+            id,
+            sender: from.address,
+            recipients: Vec::new(),
+            ret,
+            envid: from.env_id,
+            body,
+            smtputf8,
+            chunks: None,
+        });
+        self.respond(Reply::sender_ok())
+    }
+}

@@ -1,0 +1,193 @@
+//! DATA (RFC 5321 4.1.1.4) and BDAT (RFC 3030): receiving the message,
+//! enforcing the size limit while staying in step with the client, and
+//! handing the message to the spool. The 250 is sent only once the spool
+//! says the message is on disk.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::data::{DotReader, has_bare_line_ending};
+use super::received::Stamp;
+use super::reply::Reply;
+use super::session::{Session, Step, Transaction};
+use crate::queue::Envelope;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn data(&mut self) -> Step {
+        match &self.txn {
+            None => return self.error(Reply::bad_sequence("Error: need MAIL command")),
+            Some(t) if t.recipients.is_empty() => {
+                return self.error(Reply::new(
+                    554,
+                    super::reply::Enhanced(5, 5, 1),
+                    "Error: no valid recipients",
+                ));
+            }
+            Some(t) if t.chunks.is_some() => {
+                return self.error(Reply::bad_sequence("Error: DATA after BDAT"));
+            }
+            Some(_) => {}
+        }
+        // The client must wait for 354 before sending the message.
+        if self.conn.poll_ahead() {
+            return self.sync_error("DATA");
+        }
+        self.conn.reply(&Reply::start_data());
+
+        let limit = self.ctx.config.max_message_size.as_u64() as usize;
+        let mut message = self.stamp();
+        let stamp_len = message.len();
+        let mut reader = DotReader::new(limit);
+        loop {
+            let fed = reader.feed(self.conn.buffered(), &mut message);
+            self.conn.consume(fed.consumed);
+            if fed.done {
+                break;
+            }
+            if let Err(end) = self.conn.fill(self.data_timeout(), None).await {
+                tracing::info!(peer = %self.peer, "connection lost during DATA: {end:?}");
+                if matches!(end, super::conn::ReadError::Timeout) {
+                    let reply = Reply::timeout(self.host());
+                    self.conn.reply(&reply);
+                }
+                return Step::Close;
+            }
+        }
+        if reader.bare_line_ending {
+            tracing::warn!(peer = %self.peer, "bare CR or LF in DATA; message refused and connection closed");
+            self.txn = None;
+            self.conn.reply(&Reply::bare_line_ending());
+            return Step::Close;
+        }
+        // Pipelining after the final dot is only allowed with PIPELINING.
+        if !self.esmtp && !self.conn.buffered().is_empty() {
+            self.txn = None;
+            return self.sync_error("DATA");
+        }
+        let txn = self.txn.take().expect("checked above");
+        if reader.overflow {
+            return self.error(Reply::too_big(limit as u64));
+        }
+        debug_assert!(message.len() >= stamp_len);
+        self.store(txn, message).await
+    }
+
+    pub(super) async fn bdat(&mut self, size: usize, last: bool) -> Step {
+        let limit = self.ctx.config.max_message_size.as_u64() as usize;
+        // Room left for this chunk, if a transaction is open.
+        let room = match &mut self.txn {
+            Some(t) if !t.recipients.is_empty() => {
+                let chunks = t.chunks.get_or_insert_with(Vec::new);
+                Some(limit.saturating_sub(chunks.len()))
+            }
+            _ => None,
+        };
+        // The chunk is read in full whatever happens, to stay in step.
+        let keep = matches!(room, Some(r) if size <= r);
+        let mut chunk = Vec::with_capacity(if keep { size } else { 0 });
+        let mut left = size;
+        while left > 0 {
+            if self.conn.buffered().is_empty() {
+                if let Err(end) = self.conn.fill(self.data_timeout(), None).await {
+                    tracing::info!(peer = %self.peer, "connection lost during BDAT: {end:?}");
+                    return Step::Close;
+                }
+            }
+            let take = left.min(self.conn.buffered().len());
+            if keep {
+                chunk.extend_from_slice(&self.conn.buffered()[..take]);
+            }
+            self.conn.consume(take);
+            left -= take;
+        }
+        let Some(room) = room else {
+            return self.error(match &self.txn {
+                None => Reply::bad_sequence("Error: need MAIL command"),
+                Some(_) => Reply::new(554, super::reply::Enhanced(5, 5, 1), "Error: no valid recipients"),
+            });
+        };
+        if size > room {
+            self.txn = None;
+            return self.error(Reply::too_big(limit as u64));
+        }
+        let txn = self.txn.as_mut().expect("room implies a transaction");
+        let chunks = txn.chunks.as_mut().expect("set above");
+        chunks.extend_from_slice(&chunk);
+        if !last {
+            return self.respond(Reply::chunk_ok(size));
+        }
+        let txn = self.txn.take().expect("checked above");
+        let content = txn.chunks.as_deref().unwrap_or_default();
+        if has_bare_line_ending(content) {
+            return self.error(Reply::new(
+                550,
+                super::reply::Enhanced(5, 6, 0),
+                "Error: bare CR or LF in message data (RFC 5321 section 2.3.8)",
+            ));
+        }
+        let mut message = self.stamp_for(&txn);
+        message.extend_from_slice(content);
+        self.store(txn, message).await
+    }
+
+    /// A new message buffer that starts with our Received header.
+    fn stamp(&self) -> Vec<u8> {
+        let txn = self.txn.as_ref().expect("called inside a transaction");
+        self.stamp_for(txn)
+    }
+
+    fn stamp_for(&self, txn: &Transaction) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        Stamp {
+            helo: self.helo.as_deref().unwrap_or(""),
+            peer: self.peer,
+            by: self.host(),
+            esmtp: self.esmtp,
+            smtputf8: txn.smtputf8,
+            tls: self.tls.as_ref(),
+            id: txn.id,
+            single_recipient: match txn.recipients.as_slice() {
+                [one] => Some(one.address.as_str()),
+                _ => None,
+            },
+        }
+        .write_to(&mut out);
+        out
+    }
+
+    async fn store(&mut self, txn: Transaction, message: Vec<u8>) -> Step {
+        let envelope = Envelope {
+            id: txn.id,
+            sender: txn.sender,
+            recipients: txn.recipients,
+            ret: txn.ret,
+            envid: txn.envid,
+            body: txn.body,
+            smtputf8: txn.smtputf8,
+            client: crate::queue::ClientInfo {
+                addr: self.peer,
+                helo: self.helo.clone().unwrap_or_default(),
+                listener: self.ctx.config.name.clone(),
+                tls: self.tls.clone(),
+            },
+            received_at: chrono::Utc::now().timestamp(),
+            size: message.len() as u64,
+        };
+        match self.ctx.spool.store(&envelope, message).await {
+            Ok(()) => {
+                tracing::info!(
+                    queue_id = %envelope.id,
+                    peer = %self.peer,
+                    sender = %envelope.sender,
+                    recipients = envelope.recipients.len(),
+                    size = envelope.size,
+                    "queued"
+                );
+                self.respond(Reply::queued(envelope.id))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %envelope.id, error = %e, "spool write failed; client told to retry");
+                self.respond(Reply::spool_failure())
+            }
+        }
+    }
+}
