@@ -313,15 +313,10 @@ fn describe_figment_error(
     use figment::error::Kind;
     let mut messages = Vec::new();
     for e in err {
-        let mut path = e.path.clone();
-        if let Kind::UnknownField(field, _) = &e.kind {
-            path.push(field.clone());
-        }
+        // figment's path already ends with an unknown field's name.
+        let path = e.path.clone();
         let key = path.join(".");
-        let from_file = e
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.name.contains("TOML"));
+        let from_file = e.metadata.as_ref().is_some_and(|m| m.name.contains("TOML"));
         let from_env = e.metadata.as_ref().is_some_and(|m| m.name.contains("env"));
         let place = match (from_file, file, text) {
             (true, Some(f), Some(t)) => match line_of_key(t, &path) {
@@ -333,7 +328,10 @@ fn describe_figment_error(
         };
         let what = match &e.kind {
             Kind::UnknownField(field, expected) => {
-                format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+                format!(
+                    "unknown key `{field}`; expected one of: {}",
+                    expected.join(", ")
+                )
             }
             kind => kind.to_string(),
         };

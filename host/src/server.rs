@@ -31,7 +31,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for l in &config.listeners {
         let ctx = Arc::new(ListenerContext {
             config: l.clone(),
-            hostname: l.banner_hostname.clone().unwrap_or_else(|| config.hostname.clone()),
+            hostname: l
+                .banner_hostname
+                .clone()
+                .unwrap_or_else(|| config.hostname.clone()),
             spool: spool.clone(),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
@@ -48,8 +51,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; sessions finish their current command");
     trigger.fire();
-    if tokio::time::timeout(DRAIN_DEADLINE, done_rx.recv()).await.is_err() {
-        tracing::warn!("sessions still open after {DRAIN_DEADLINE:?}; exiting anyway (nothing acknowledged is lost)");
+    if tokio::time::timeout(DRAIN_DEADLINE, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sessions still open after {DRAIN_DEADLINE:?}; exiting anyway (nothing acknowledged is lost)"
+        );
     }
     Ok(())
 }

@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `weir` binary, real sockets, real clients.
+//! Every test binds 127.0.0.1 on a port the OS picks.
 
+mod harness;
+
+mod bad_input;
+mod cli;
+mod crash;
+mod pipelining;
+mod real_clients;
+mod receive;
+mod tls;

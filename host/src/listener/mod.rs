@@ -72,9 +72,9 @@ impl Listener {
             (_, Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => anyhow::bail!("listener {}: TLS needs tls_cert and tls_key", config.name),
         };
-        let tcp = TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("listener {}: cannot bind {}: {e}", config.name, config.bind))?;
+        let tcp = TcpListener::bind(config.bind).await.map_err(|e| {
+            anyhow::anyhow!("listener {}: cannot bind {}: {e}", config.name, config.bind)
+        })?;
         Ok(Listener {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             ctx,

@@ -38,7 +38,8 @@ pub struct Envelope {
 pub struct Recipient {
     /// The forward path, as given (local part case preserved).
     pub address: String,
-    /// RFC 3461 ORCPT (`addr-type;address`).
+    /// RFC 3461 ORCPT: the original recipient, of addr-type `rfc822`, with
+    /// its xtext decoded (smtp-proto refuses other addr-types with 501).
     pub orcpt: Option<String>,
     /// RFC 3461 NOTIFY.
     pub notify: NotifyFlags,

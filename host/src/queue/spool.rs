@@ -147,7 +147,10 @@ struct Job {
 impl Spool {
     /// Opens (creating if needed) the spool under `data_dir/spool`, recovers
     /// what it holds, and starts the writer on a fresh segment.
-    pub fn open(data_dir: &Path, segment_size: u64) -> Result<(Spool, Vec<StoredMessage>), SpoolError> {
+    pub fn open(
+        data_dir: &Path,
+        segment_size: u64,
+    ) -> Result<(Spool, Vec<StoredMessage>), SpoolError> {
         let dir = data_dir.join("spool");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let lock_path = dir.join("lock");
@@ -158,7 +161,13 @@ impl Spool {
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
             return Err(SpoolError::Locked(dir));
         }
 
@@ -292,11 +301,11 @@ impl SegmentWriter {
                 // A session that went away no longer waits; nothing to do.
                 let _ = job.done.send(answer);
             }
-            if failed || self.len >= self.max_len {
-                if let Err(e) = self.rotate(failed) {
-                    tracing::error!(error = %e, "spool: cannot start a new segment; refusing further messages");
-                    return;
-                }
+            if (failed || self.len >= self.max_len)
+                && let Err(e) = self.rotate(failed)
+            {
+                tracing::error!(error = %e, "spool: cannot start a new segment; refusing further messages");
+                return;
             }
         }
         let _ = self.out.flush();
@@ -467,7 +476,9 @@ mod tests {
             ids
         };
         // Simulate a crash mid-write: a torn record at the end of the segment.
-        let seg = list_segments(&dir.path().join("spool")).unwrap()[0].1.clone();
+        let seg = list_segments(&dir.path().join("spool")).unwrap()[0]
+            .1
+            .clone();
         let full = fs::read(&seg).unwrap();
         let last_start = {
             let mut off = 0;
@@ -499,7 +510,9 @@ mod tests {
             let id = spool.next_id();
             spool.store(&envelope(id), b"hello".to_vec()).await.unwrap();
         }
-        let seg = list_segments(&dir.path().join("spool")).unwrap()[0].1.clone();
+        let seg = list_segments(&dir.path().join("spool")).unwrap()[0]
+            .1
+            .clone();
         let mut bytes = fs::read(&seg).unwrap();
         let n = bytes.len();
         bytes[n - 2] ^= 0xff;

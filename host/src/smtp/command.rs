@@ -25,7 +25,11 @@ pub const MAIL_LINE: usize = BASE_LINE + 26 + 14 + 10 + 108;
 /// RCPT: NOTIFY and ORCPT (RFC 3461, +530).
 pub const RCPT_LINE: usize = BASE_LINE + 530;
 /// The longest line any verb may have: the read buffer's bound.
-pub const MAX_LINE: usize = if MAIL_LINE > RCPT_LINE { MAIL_LINE } else { RCPT_LINE };
+pub const MAX_LINE: usize = if MAIL_LINE > RCPT_LINE {
+    MAIL_LINE
+} else {
+    RCPT_LINE
+};
 
 const fn rule(verb: &'static str, before_tls: bool, ends_group: bool, max_line: usize) -> Rule {
     Rule {

@@ -70,7 +70,12 @@ impl DotReader {
             let rest = &input[pos..];
             if self.at_line_start {
                 match rest {
-                    [] | [b'.'] | [b'.', b'\r'] => return Fed { consumed: pos, done: false },
+                    [] | [b'.'] | [b'.', b'\r'] => {
+                        return Fed {
+                            consumed: pos,
+                            done: false,
+                        };
+                    }
                     [b'.', b'\r', b'\n', ..] => {
                         return Fed {
                             consumed: pos + 3,
@@ -164,8 +169,9 @@ mod tests {
 
     #[test]
     fn end_of_data_and_dot_stuffing_in_any_split() {
-        // (input, content, where the data ends, bare CR/LF seen)
-        let cases: &[(&[u8], &[u8], Option<usize>, bool)] = &[
+        /// (input, content, where the data ends, bare CR/LF seen)
+        type Case = (&'static [u8], &'static [u8], Option<usize>, bool);
+        let cases: &[Case] = &[
             (b".\r\n", b"", Some(3), false),
             (b"a\r\n.\r\nQUIT\r\n", b"a\r\n", Some(6), false),
             (b"..x\r\n.\r\n", b".x\r\n", Some(8), false),
@@ -173,8 +179,18 @@ mod tests {
             (b"a\r\n.b\r\n.\r\n", b"a\r\nb\r\n", Some(10), false),
             // SMTP smuggling: none of these ends the data.
             (b"a\n.\nb\r\n", b"a\n.\nb\r\n", None, true),
-            (b"a\n.\r\nMAIL FROM:<x@y>\r\n", b"a\n.\r\nMAIL FROM:<x@y>\r\n", None, true),
-            (b"a\r.\r\nRCPT TO:<x@y>\r\n", b"a\r.\r\nRCPT TO:<x@y>\r\n", None, true),
+            (
+                b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+                b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+                None,
+                true,
+            ),
+            (
+                b"a\r.\r\nRCPT TO:<x@y>\r\n",
+                b"a\r.\r\nRCPT TO:<x@y>\r\n",
+                None,
+                true,
+            ),
             (b"a\r\r\n.\r\nDATA\r\n", b"a\r\r\n.\r\nDATA\r\n", None, true),
             (b"a\r\n.\n", b"a\r\n\n", None, true),
             // ...but a genuine end after them does, with the flag set.

@@ -35,7 +35,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "CHUNKING".into(),
             "DSN".into(),
         ];
-        if self.tls.is_none() && matches!(self.ctx.config.tls, TlsMode::Starttls | TlsMode::Required)
+        if self.tls.is_none()
+            && matches!(self.ctx.config.tls, TlsMode::Starttls | TlsMode::Required)
         {
             lines.push("STARTTLS".into());
         }
@@ -47,7 +48,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 /// A domain or address literal, as RFC 5321 4.1.4 allows it (we accept what
 /// the internet sends: any printable ASCII without spaces, up to 255).
 fn valid_helo(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80)
+    !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80)
 }

@@ -5,7 +5,7 @@
 use smtp_proto::MailFrom;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::address::{self, AddressError};
+use super::address::{self, Role};
 use super::reply::Reply;
 use super::session::{Session, Step, Transaction};
 use crate::queue::{BodyType, Ret};
@@ -43,21 +43,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(Reply::bad_parameter("(MAIL parameters need EHLO)"));
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
-        if !from.address.is_empty() {
-            if let Err(e) = address::check(&from.address, smtputf8) {
-                return self.error(match e {
-                    AddressError::NeedsUtf8 => Reply::utf8_not_requested(),
-                    AddressError::LocalPartTooLong => {
-                        Reply::bad_sender("Error: sender local part longer than 64 octets")
-                    }
-                    AddressError::DomainTooLong => {
-                        Reply::bad_sender("Error: sender domain longer than 255 octets")
-                    }
-                    AddressError::NoDomain => {
-                        Reply::bad_sender("Error: sender address needs a domain")
-                    }
-                });
-            }
+        if !from.address.is_empty()
+            && let Err(e) = address::check(&from.address, smtputf8)
+        {
+            return self.error(e.reply(Role::Sender));
         }
         let limit = self.ctx.config.max_message_size.as_u64();
         if from.size as u64 > limit {

@@ -86,11 +86,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut chunk = Vec::with_capacity(if keep { size } else { 0 });
         let mut left = size;
         while left > 0 {
-            if self.conn.buffered().is_empty() {
-                if let Err(end) = self.conn.fill(self.data_timeout(), None).await {
-                    tracing::info!(peer = %self.peer, "connection lost during BDAT: {end:?}");
-                    return Step::Close;
-                }
+            if self.conn.buffered().is_empty()
+                && let Err(end) = self.conn.fill(self.data_timeout(), None).await
+            {
+                tracing::info!(peer = %self.peer, "connection lost during BDAT: {end:?}");
+                return Step::Close;
             }
             let take = left.min(self.conn.buffered().len());
             if keep {
@@ -102,7 +102,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let Some(room) = room else {
             return self.error(match &self.txn {
                 None => Reply::bad_sequence("Error: need MAIL command"),
-                Some(_) => Reply::new(554, super::reply::Enhanced(5, 5, 1), "Error: no valid recipients"),
+                Some(_) => Reply::new(
+                    554,
+                    super::reply::Enhanced(5, 5, 1),
+                    "Error: no valid recipients",
+                ),
             });
         };
         if size > room {

@@ -5,7 +5,7 @@
 use smtp_proto::RcptTo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::address::{self, AddressError};
+use super::address::{self, Role};
 use super::reply::Reply;
 use super::session::{Session, Step};
 use crate::queue::{NotifyFlags, Recipient};
@@ -36,21 +36,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             to.address
         };
         if let Err(e) = address::check(&address, txn.smtputf8) {
-            return self.error(match e {
-                AddressError::NeedsUtf8 => Reply::utf8_not_requested(),
-                AddressError::LocalPartTooLong => {
-                    Reply::bad_recipient("Error: recipient local part longer than 64 octets")
-                }
-                AddressError::DomainTooLong => {
-                    Reply::bad_recipient("Error: recipient domain longer than 255 octets")
-                }
-                AddressError::NoDomain => {
-                    Reply::bad_recipient("Error: recipient address needs a domain")
-                }
-            });
+            return self.error(e.reply(Role::Recipient));
         }
         let domain = address::domain(&address);
-        let ours = domain.eq_ignore_ascii_case(self.host()) && address.to_ascii_lowercase().starts_with("postmaster@");
+        let ours = domain.eq_ignore_ascii_case(self.host())
+            && address.to_ascii_lowercase().starts_with("postmaster@");
         if !ours
             && !self.ctx.config.is_local_domain(domain)
             && !self.ctx.config.may_relay(self.peer.ip())

@@ -58,7 +58,9 @@ impl Reply {
         while let Some(line) = lines.next() {
             let sep = if lines.peek().is_some() { '-' } else { ' ' };
             match self.enhanced {
-                Some(e) => out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes()),
+                Some(e) => {
+                    out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes())
+                }
                 None => out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes()),
             }
         }
@@ -83,7 +85,11 @@ impl Reply {
 
     /// Connection limits (RFC 5321 4.5.3.2: 421 closes).
     pub fn too_many_connections() -> Reply {
-        Reply::new(421, Enhanced(4, 7, 0), "Too many connections, try again later")
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            "Too many connections, try again later",
+        )
     }
 
     /// Too many connections from one address.
@@ -97,7 +103,11 @@ impl Reply {
 
     /// The client read or wrote nothing for too long.
     pub fn timeout(host: &str) -> Reply {
-        Reply::new(421, Enhanced(4, 4, 2), format!("{host} Error: timeout exceeded"))
+        Reply::new(
+            421,
+            Enhanced(4, 4, 2),
+            format!("{host} Error: timeout exceeded"),
+        )
     }
 
     /// The gateway is stopping.
@@ -121,7 +131,11 @@ impl Reply {
     /// The client sent ahead where RFC 2920 forbids it, or talked before the
     /// greeting; answered as Postfix does, then the connection is closed.
     pub fn sync_error() -> Reply {
-        Reply::new(554, Enhanced(5, 5, 0), "Error: SMTP protocol synchronization")
+        Reply::new(
+            554,
+            Enhanced(5, 5, 0),
+            "Error: SMTP protocol synchronization",
+        )
     }
 
     // --- Command-level ---
@@ -205,7 +219,11 @@ impl Reply {
 
     /// A parameter we do not support or a bad value.
     pub fn bad_parameter(what: &str) -> Reply {
-        Reply::new(555, Enhanced(5, 5, 4), format!("Error: unsupported or invalid parameter {what}"))
+        Reply::new(
+            555,
+            Enhanced(5, 5, 4),
+            format!("Error: unsupported or invalid parameter {what}"),
+        )
     }
 
     /// Commands in the wrong order.
@@ -225,7 +243,11 @@ impl Reply {
 
     /// Not an open relay.
     pub fn relay_denied(rcpt: &str) -> Reply {
-        Reply::new(554, Enhanced(5, 7, 1), format!("<{rcpt}>: Relay access denied"))
+        Reply::new(
+            554,
+            Enhanced(5, 7, 1),
+            format!("<{rcpt}>: Relay access denied"),
+        )
     }
 
     /// RFC 5321 4.5.3.1.10.
@@ -244,7 +266,11 @@ impl Reply {
 
     /// The transaction needs TLS first (RFC 3207).
     pub fn tls_required() -> Reply {
-        Reply::new(530, Enhanced(5, 7, 0), "Must issue a STARTTLS command first")
+        Reply::new(
+            530,
+            Enhanced(5, 7, 0),
+            "Must issue a STARTTLS command first",
+        )
     }
 
     /// SMTPUTF8 used without being asked for (RFC 6531 3.4).

@@ -14,8 +14,8 @@ use super::command::{self, Rule};
 use super::conn::{Conn, Line, ReadError};
 use super::reply::Reply;
 use crate::config::{ListenerConfig, TlsMode};
-use crate::queue::{BodyType, Recipient, Ret, Spool, TlsInfo};
 use crate::queue::QueueId;
+use crate::queue::{BodyType, Recipient, Ret, Spool, TlsInfo};
 use crate::shutdown::Shutdown;
 
 /// What a listener shares with each of its sessions.
@@ -147,7 +147,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let early = if delay.is_zero() {
             self.conn.poll_ahead()
         } else {
-            self.conn.fill(delay, Some(&mut self.shutdown)).await.is_ok()
+            self.conn
+                .fill(delay, Some(&mut self.shutdown))
+                .await
+                .is_ok()
         };
         if early {
             tracing::info!(peer = %self.peer, "client talked before the greeting");
