@@ -369,3 +369,80 @@ fn line_of_key(text: &str, path: &[String]) -> Option<usize> {
     let offset = span?.start;
     Some(text[..offset].bytes().filter(|&b| b == b'\n').count() + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key the config accepts, dotted (`listener.bind`).
+    fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if v.is_table()
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().all(|e| e.is_table()) && !a.is_empty())
+                    {
+                        keys(v, &key, out);
+                    } else {
+                        out.push(key);
+                    }
+                }
+            }
+            toml::Value::Array(a) => {
+                for v in a {
+                    keys(v, prefix, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_config_key_is_documented() {
+        let mut config = Config::default();
+        // Options are only serialised when set.
+        let l = &mut config.listeners[0];
+        l.banner_hostname = Some("x".into());
+        l.tls_cert = Some("c".into());
+        l.tls_key = Some("k".into());
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut all = Vec::new();
+        keys(&value, "", &mut all);
+        all.sort();
+        all.dedup();
+        let docs = include_str!("../../docs/config.md");
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|k| !docs.contains(&format!("`{k}`")))
+            .collect();
+        assert!(all.len() > 15, "{all:?}");
+        assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
+    }
+
+    #[test]
+    fn the_embedded_default_relays_only_for_loopback() {
+        let l = &Config::default().listeners[0];
+        assert_eq!(l.bind, "127.0.0.1:2525".parse().unwrap());
+        assert!(l.may_relay("127.0.0.1".parse().unwrap()));
+        assert!(l.may_relay("::1".parse().unwrap()));
+        assert!(l.may_relay("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!l.may_relay("192.0.2.1".parse().unwrap()));
+        assert!(!l.may_relay("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn line_numbers_of_nested_keys() {
+        let text = "a = 1\n[spool]\nsegment_size = 5\n\n[[listener]]\nname = \"x\"\n[[listener]]\nname = \"y\"\nbind = 3\n";
+        let path = |p: &str| p.split('.').map(String::from).collect::<Vec<_>>();
+        assert_eq!(line_of_key(text, &path("a")), Some(1));
+        assert_eq!(line_of_key(text, &path("spool.segment_size")), Some(3));
+        assert_eq!(line_of_key(text, &path("listener.1.bind")), Some(9));
+        assert_eq!(line_of_key(text, &path("listener.0.name")), Some(6));
+    }
+}
