@@ -111,6 +111,13 @@ impl Gateway {
         read_log(self.dir.path())
     }
 
+    /// SIGTERM; returns the exit status once the process has ended.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
     /// SIGKILL, and hand back the data directory.
     pub fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();

@@ -9,4 +9,5 @@ mod crash;
 mod pipelining;
 mod real_clients;
 mod receive;
+mod shutdown;
 mod tls;

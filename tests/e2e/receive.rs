@@ -194,3 +194,16 @@ fn an_empty_message_ends_at_the_first_dot() {
     assert_eq!(r.code, 250, "{r:?}");
     c.expect("NOOP", 250);
 }
+
+#[test]
+fn text_lines_over_1000_octets_are_accepted_unchanged() {
+    // The documented policy (docs/config.md): kept as sent, like Postfix
+    // and Exchange do, rather than refused or folded.
+    let gw = Gateway::start(&listener("in", ""));
+    let mut c = Client::connect(gw.addr("in"));
+    let long = "w".repeat(5000);
+    let body = format!("Subject: long\r\n\r\n{long}\r\nshort\r\n");
+    assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &body).code, 250);
+    let (_, bytes) = &gw.spooled()[0];
+    assert!(bytes.ends_with(body.as_bytes()));
+}

@@ -3,6 +3,7 @@
 //! about to wait for input, so pipelined commands get their replies in one
 //! write (RFC 2920 section 3.2).
 
+use std::future::Future;
 use std::io;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -187,7 +188,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {
