@@ -38,6 +38,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
 }
 
+/// The top-level keys of [`Config`], for filtering the environment.
+const TOP_LEVEL_KEYS: &[&str] = &["hostname", "data_dir", "log_level", "spool", "listener"];
+
 /// Spool tuning. The durability guarantee does not depend on these.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -228,7 +231,16 @@ impl Config {
             text = std::fs::read_to_string(path).ok();
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("WEIR_").split("__"));
+        // The WEIR_ namespace is shared with scripts and wrappers
+        // (WEIR_BIN, WEIR_CMD...): only variables that name one of our
+        // top-level keys are configuration.
+        let env = Env::prefixed("WEIR_")
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or("");
+                TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            })
+            .split("__");
+        figment = figment.merge(env);
         let config: Config = figment
             .extract()
             .map_err(|e| describe_figment_error(e, file, text.as_deref()))?;

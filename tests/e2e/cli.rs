@@ -50,9 +50,22 @@ fn check_config_prints_the_embedded_default() {
 
 #[test]
 fn environment_overrides_the_file() {
-    let (code, out, err) = weir(&["check-config"], &[("WEIR_HOSTNAME", "env.test")]);
+    let (code, out, err) = weir(
+        &["check-config"],
+        &[
+            ("WEIR_HOSTNAME", "env.test"),
+            ("WEIR_SPOOL__SEGMENT_SIZE", "\"1 MiB\""),
+            // Not ours: scripts use the prefix too; ignored, not an error.
+            ("WEIR_BIN", "/usr/local/bin/weir"),
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hostname = \"env.test\""), "{out}");
+    assert!(out.contains("segment_size = \"1.0 MiB\"") || out.contains("segment_size = 1048576"), "{out}");
+    // A bad value from the environment is named as such.
+    let (code, _, err) = weir(&["check-config"], &[("WEIR_DATA_DIR", "[1, 2]")]);
+    assert_eq!(code, 64);
+    assert!(err.contains("`data_dir`") && err.contains("environment"), "{err}");
 }
 
 #[test]
