@@ -61,11 +61,17 @@ fn environment_overrides_the_file() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("hostname = \"env.test\""), "{out}");
-    assert!(out.contains("segment_size = \"1.0 MiB\"") || out.contains("segment_size = 1048576"), "{out}");
+    assert!(
+        out.contains("segment_size = \"1.0 MiB\"") || out.contains("segment_size = 1048576"),
+        "{out}"
+    );
     // A bad value from the environment is named as such.
     let (code, _, err) = weir(&["check-config"], &[("WEIR_DATA_DIR", "[1, 2]")]);
     assert_eq!(code, 64);
-    assert!(err.contains("`data_dir`") && err.contains("environment"), "{err}");
+    assert!(
+        err.contains("`data_dir`") && err.contains("environment"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -203,7 +203,10 @@ fn text_lines_over_1000_octets_are_accepted_unchanged() {
     let mut c = Client::connect(gw.addr("in"));
     let long = "w".repeat(5000);
     let body = format!("Subject: long\r\n\r\n{long}\r\nshort\r\n");
-    assert_eq!(c.send_mail("a@example.org", &["b@example.net"], &body).code, 250);
+    assert_eq!(
+        c.send_mail("a@example.org", &["b@example.net"], &body).code,
+        250
+    );
     let (_, bytes) = &gw.spooled()[0];
     assert!(bytes.ends_with(body.as_bytes()));
 }

@@ -188,7 +188,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
