@@ -99,3 +99,57 @@ pub struct TlsInfo {
     /// e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
 }
+
+/// Where one recipient stands. Kept in the spool as the queue manager
+/// changes it, so a restart resumes exactly where delivery was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptState {
+    /// Not yet delivered; try again at `next_attempt` (Unix ms).
+    Pending {
+        /// Attempts made so far.
+        attempts: u32,
+        /// When the next attempt is due (Unix milliseconds; 0 = now).
+        next_attempt: i64,
+        /// The last temporary failure, for `queue ls` and the delay DSN.
+        last_reply: Option<String>,
+    },
+    /// Accepted by the next hop.
+    Delivered {
+        /// The next hop's reply.
+        reply: String,
+        /// A success DSN has been generated, or none was asked for.
+        notified: bool,
+    },
+    /// Refused for good (or expired).
+    Failed {
+        /// Why, as `code enhanced text` (e.g. from the remote server).
+        reply: String,
+        /// The bounce has been generated, or none is to be sent.
+        notified: bool,
+    },
+}
+
+impl RcptState {
+    /// The state of a recipient that was just accepted.
+    pub fn new() -> Self {
+        RcptState::Pending {
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: None,
+        }
+    }
+
+    /// Delivered or failed, and any DSN for it made.
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self,
+            RcptState::Delivered { notified: true, .. } | RcptState::Failed { notified: true, .. }
+        )
+    }
+}
+
+impl Default for RcptState {
+    fn default() -> Self {
+        RcptState::new()
+    }
+}

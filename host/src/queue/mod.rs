@@ -12,5 +12,7 @@
 pub mod envelope;
 pub mod spool;
 
-pub use envelope::{BodyType, ClientInfo, Envelope, NotifyFlags, Recipient, Ret, TlsInfo};
-pub use spool::{QueueId, Spool, SpoolError, StoredMessage};
+pub use envelope::{
+    BodyType, ClientInfo, Envelope, NotifyFlags, RcptState, Recipient, Ret, TlsInfo,
+};
+pub use spool::{Location, QueueId, Spool, SpoolError, StoredMessage};

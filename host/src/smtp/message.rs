@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             size: message.len() as u64,
         };
         match self.ctx.spool.store(&envelope, message).await {
-            Ok(()) => {
+            Ok(_location) => {
                 tracing::info!(
                     queue_id = %envelope.id,
                     peer = %self.peer,
