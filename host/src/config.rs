@@ -36,10 +36,163 @@ pub struct Config {
     /// Receive connectors.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Retry schedule and delivery concurrency.
+    pub queue: QueueConfig,
+    /// DNS resolution for delivery.
+    pub dns: DnsConfig,
+    /// Send connectors: where mail for each recipient domain goes.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The queue manager: retries, expiry, concurrency, timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Deliver nothing: accepted messages wait in the spool (maintenance,
+    /// or a gateway that only receives).
+    pub paused: bool,
+    /// Delay before the first retry; it doubles after each failure.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest delay between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// A message still undelivered this long after arrival is bounced.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Send one "delayed" DSN when a message has waited this long (0: never).
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
+    /// Outbound connections in total.
+    pub max_concurrency: usize,
+    /// Outbound connections to one destination (domain or smart host).
+    pub max_per_destination: usize,
+    /// TCP connect timeout for outbound connections.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout for each reply from the next hop (RFC 5321 4.5.3.2).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Timeout for the reply to the end of the message data.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            paused: false,
+            retry_initial: Duration::from_secs(5 * 60),
+            retry_max: Duration::from_secs(4 * 3600),
+            max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: Duration::ZERO,
+            max_concurrency: 100,
+            max_per_destination: 10,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Name servers for delivery (MX, A, AAAA).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers as `ip:port`; empty means the system's (/etc/resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// Timeout of one query.
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// How a route reaches the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// The recipient domain's MX hosts (A/AAAA if it has none).
+    #[default]
+    Mx,
+    /// A list of relay hosts, tried in order.
+    Smarthost,
+    /// LMTP (RFC 2033) to a mailbox server, hosts tried in order.
+    Lmtp,
+}
+
+/// TLS policy for outbound connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    /// Never use TLS.
+    None,
+    /// STARTTLS when offered, certificate not checked; plaintext otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed (certificate not checked); otherwise defer.
+    Required,
+    /// STARTTLS must succeed with a certificate valid for the host name.
+    Verify,
+}
+
+/// One send connector: which recipient domains, and how to reach them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Recipient domains: `example.com`, `*.example.com` or `*`.
+    pub domains: Vec<String>,
+    /// How to reach the next hop.
+    #[serde(rename = "type")]
+    pub kind: RouteKind,
+    /// `host:port` (or `host`) for smarthost and lmtp routes.
+    pub hosts: Vec<String>,
+    /// Port for MX delivery, and the default for `hosts` without one.
+    pub port: Option<u16>,
+    /// TLS policy.
+    pub tls: OutboundTls,
+    /// Extra trust anchors (PEM) for `tls = "verify"`, besides the Mozilla set.
+    pub tls_ca_file: Option<PathBuf>,
+    /// EHLO name; defaults to the global hostname.
+    pub helo: Option<String>,
+    /// Local address to send from (a dedicated IP).
+    pub source_address: Option<IpAddr>,
+    /// User name for AUTH PLAIN at a smart host (sent only over TLS).
+    pub auth_username: Option<String>,
+    /// Password for AUTH PLAIN.
+    pub auth_password: Option<String>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            name: "default".into(),
+            domains: vec!["*".into()],
+            kind: RouteKind::Mx,
+            hosts: Vec::new(),
+            port: None,
+            tls: OutboundTls::Opportunistic,
+            tls_ca_file: None,
+            helo: None,
+            source_address: None,
+            auth_username: None,
+            auth_password: None,
+        }
+    }
 }
 
 /// The top-level keys of [`Config`], for filtering the environment.
-const TOP_LEVEL_KEYS: &[&str] = &["hostname", "data_dir", "log_level", "spool", "listener"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "log_level",
+    "spool",
+    "listener",
+    "queue",
+    "dns",
+    "route",
+];
 
 /// Spool tuning. The durability guarantee does not depend on these.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +307,9 @@ impl Default for Config {
             log_level: "info".into(),
             spool: SpoolConfig::default(),
             listeners: vec![ListenerConfig::default()],
+            queue: QueueConfig::default(),
+            dns: DnsConfig::default(),
+            routes: vec![RouteConfig::default()],
         }
     }
 }
@@ -260,6 +416,33 @@ impl Config {
         if self.hostname.is_empty() {
             return Err(ConfigError::invalid(format!(
                 "key `hostname`{origin}: must not be empty"
+            )));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("key `route.{i}.{k}`{origin}");
+            if r.domains.is_empty() {
+                return Err(ConfigError::invalid(format!(
+                    "{}: must name at least one domain (or \"*\")",
+                    key("domains")
+                )));
+            }
+            if r.kind != RouteKind::Mx && r.hosts.is_empty() {
+                return Err(ConfigError::invalid(format!(
+                    "{}: a {:?} route needs at least one host",
+                    key("hosts"),
+                    r.kind
+                )));
+            }
+            if r.auth_username.is_some() != r.auth_password.is_some() {
+                return Err(ConfigError::invalid(format!(
+                    "{}: auth_username and auth_password go together",
+                    key("auth_username")
+                )));
+            }
+        }
+        if self.queue.max_concurrency == 0 || self.queue.max_per_destination == 0 {
+            return Err(ConfigError::invalid(format!(
+                "key `queue.max_concurrency`{origin}: concurrency limits must be at least 1"
             )));
         }
         let mut names = std::collections::HashSet::new();

@@ -7,14 +7,17 @@
 //! - [`listener`]: receive connectors; accept, connection limits, TLS.
 //! - [`smtp`]: one SMTP session per connection; builds the envelope and
 //!   the message and hands them to the queue.
-//! - [`queue`]: the durable spool; a message is acknowledged only once it
-//!   is on disk and fsynced.
+//! - [`queue`]: the durable spool (a message is acknowledged only once it
+//!   is on disk and fsynced) and the queue manager (retries, expiry,
+//!   bounces, concurrency).
+//! - [`delivery`]: routing, MX and smart hosts, the outbound SMTP/LMTP
+//!   client, outbound TLS policy, DSNs.
 //!
 //! Beside them: [`server`] wires the modules together for `weir serve`;
 //! [`shutdown`] is the one stop signal every task watches; [`cli`] is the
 //! command line.
 //!
-//! Plugins (`plugins`), delivery (`delivery`), authentication (`auth`),
+//! Plugins (`plugins`), authentication (`auth`),
 //! shared state (`state`) and the admin API (`admin`) join this list as
 //! they are built; `docs/DESIGN.md` is the map.
 //!
@@ -24,6 +27,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod listener;
 pub mod queue;
 pub mod server;

@@ -1,6 +1,8 @@
-//! `weir serve`: opens the spool, binds every listener, runs until SIGTERM
-//! or SIGINT, then stops accepting and lets sessions finish their current
-//! command (up to a deadline) before exiting.
+//! `weir serve`: opens the spool, starts the queue manager on what it
+//! recovered, binds every listener, runs until SIGTERM or SIGINT, then
+//! stops accepting and lets sessions finish their current command and
+//! deliveries in flight finish (up to a deadline) before exiting; what is
+//! not delivered stays in the spool.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +10,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::delivery::Delivery;
 use crate::listener::Listener;
-use crate::queue::Spool;
+use crate::queue::{Spool, manager};
 use crate::shutdown;
 use crate::smtp::ListenerContext;
 
@@ -27,6 +30,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (trigger, shutdown) = shutdown::channel();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let delivery = Arc::new(Delivery::new(&config, spool.clone())?);
+    let queue = manager::start(
+        delivery,
+        config.queue.clone(),
+        recovered,
+        shutdown.clone(),
+        done_tx.clone(),
+    );
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(ListenerContext {
@@ -36,6 +47,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| config.hostname.clone()),
             spool: spool.clone(),
+            queue: queue.clone(),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }

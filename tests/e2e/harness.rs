@@ -32,13 +32,21 @@ impl Gateway {
         Gateway::start_in(dir, listeners)
     }
 
-    /// Starts weir on an existing data directory (for restarts).
+    /// Starts weir on an existing data directory (for restarts). Unless the
+    /// configuration has a `[queue]` table of its own, the queue is paused:
+    /// receive tests keep what they sent in the spool, and nothing leaves
+    /// the machine.
     pub fn start_in(dir: tempfile::TempDir, listeners: &str) -> Gateway {
         let config = dir.path().join("weir.toml");
+        let queue = if listeners.contains("[queue]") {
+            ""
+        } else {
+            "[queue]\npaused = true\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "hostname = \"mx.test\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n{listeners}",
+                "hostname = \"mx.test\"\ndata_dir = \"{}\"\nlog_level = \"debug\"\n{queue}{listeners}",
                 dir.path().join("data").display()
             ),
         )

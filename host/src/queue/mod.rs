@@ -10,9 +10,11 @@
 //! memory once it has been acknowledged.
 
 pub mod envelope;
+pub mod manager;
 pub mod spool;
 
 pub use envelope::{
     BodyType, ClientInfo, Envelope, NotifyFlags, RcptState, Recipient, Ret, TlsInfo,
 };
+pub use manager::QueueHandle;
 pub use spool::{Location, QueueId, Spool, SpoolError, StoredMessage};

@@ -315,6 +315,33 @@ impl Spool {
         .map_err(|_| SpoolError::WriterGone)?
     }
 
+    /// Like [`Spool::update`], without waiting for the disk: the record is
+    /// queued at once, so it is written before anything queued after it
+    /// (a later `finish`, say). Errors are logged.
+    pub fn update_detached(&self, id: QueueId, rcpts: Vec<(usize, RcptState)>) {
+        let json = serde_json::to_vec(&StateRecord { id, rcpts }).expect("state serialises");
+        self.detach(self.enqueue(KIND_STATE, json, Vec::new(), JobKind::State));
+    }
+
+    /// Like [`Spool::finish`], without waiting for the disk.
+    pub fn finish_detached(&self, id: QueueId) {
+        let json = serde_json::to_vec(&DoneRecord { id }).expect("done serialises");
+        self.detach(self.enqueue(KIND_DONE, json, Vec::new(), JobKind::Done(id)));
+    }
+
+    fn detach(&self, queued: Result<oneshot::Receiver<Result<Location, SpoolError>>, SpoolError>) {
+        match queued {
+            Ok(wait) => {
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = wait.await {
+                        tracing::error!(error = %e, "spool: a queue state record was not written");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "spool: a queue state record was not written"),
+        }
+    }
+
     async fn append(
         &self,
         kind: u8,
@@ -322,6 +349,19 @@ impl Spool {
         body: Vec<u8>,
         job: JobKind,
     ) -> Result<Location, SpoolError> {
+        let wait = self.enqueue(kind, prefix, body, job)?;
+        wait.await.map_err(|_| SpoolError::WriterGone)?
+    }
+
+    /// Hands a record to the writer thread now; the receiver resolves once
+    /// it is on disk.
+    fn enqueue(
+        &self,
+        kind: u8,
+        prefix: Vec<u8>,
+        body: Vec<u8>,
+        job: JobKind,
+    ) -> Result<oneshot::Receiver<Result<Location, SpoolError>>, SpoolError> {
         let payload_len = prefix.len() + body.len();
         let payload_len32 =
             u32::try_from(payload_len).map_err(|_| SpoolError::TooLarge(body.len()))?;
@@ -347,7 +387,7 @@ impl Spool {
                 done,
             })
             .map_err(|_| SpoolError::WriterGone)?;
-        wait.await.map_err(|_| SpoolError::WriterGone)?
+        Ok(wait)
     }
 }
 

@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             size: message.len() as u64,
         };
         match self.ctx.spool.store(&envelope, message).await {
-            Ok(_location) => {
+            Ok(location) => {
                 tracing::info!(
                     queue_id = %envelope.id,
                     peer = %self.peer,
@@ -186,7 +186,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     size = envelope.size,
                     "queued"
                 );
-                self.respond(Reply::queued(envelope.id))
+                let id = envelope.id;
+                self.ctx.queue.submit(crate::queue::StoredMessage {
+                    states: vec![crate::queue::RcptState::new(); envelope.recipients.len()],
+                    envelope,
+                    location,
+                    message: None,
+                });
+                self.respond(Reply::queued(id))
             }
             Err(e) => {
                 tracing::error!(queue_id = %envelope.id, error = %e, "spool write failed; client told to retry");

@@ -15,7 +15,7 @@ use super::conn::{Conn, Line, ReadError};
 use super::reply::Reply;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::queue::QueueId;
-use crate::queue::{BodyType, Recipient, Ret, Spool, TlsInfo};
+use crate::queue::{BodyType, QueueHandle, Recipient, Ret, Spool, TlsInfo};
 use crate::shutdown::Shutdown;
 
 /// What a listener shares with each of its sessions.
@@ -24,8 +24,10 @@ pub struct ListenerContext {
     pub config: ListenerConfig,
     /// Host name for banners and Received headers.
     pub hostname: String,
-    /// Where accepted messages go.
+    /// Where accepted messages are stored.
     pub spool: Spool,
+    /// Who delivers them.
+    pub queue: QueueHandle,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
