@@ -33,12 +33,12 @@ impl Gateway {
     }
 
     /// Starts weir on an existing data directory (for restarts). Unless the
-    /// configuration has a `[queue]` table of its own, the queue is paused:
-    /// receive tests keep what they sent in the spool, and nothing leaves
-    /// the machine.
+    /// configuration has routes or a `[queue]` table of its own, the queue
+    /// is paused: receive tests keep what they sent in the spool, and
+    /// nothing leaves the machine.
     pub fn start_in(dir: tempfile::TempDir, listeners: &str) -> Gateway {
         let config = dir.path().join("weir.toml");
-        let queue = if listeners.contains("[queue]") {
+        let queue = if listeners.contains("[queue]") || listeners.contains("[[route]]") {
             ""
         } else {
             "[queue]\npaused = true\n"
@@ -163,6 +163,13 @@ fn read_log(dir: &Path) -> String {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- weir log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,11 +1,14 @@
 //! End-to-end tests: the real `weir` binary, real sockets, real clients.
 //! Every test binds 127.0.0.1 on a port the OS picks.
 
+mod dns;
 mod harness;
+mod sink;
 
 mod bad_input;
 mod cli;
 mod crash;
+mod delivery;
 mod pipelining;
 mod real_clients;
 mod receive;

@@ -271,7 +271,7 @@ impl Delivery {
                         i,
                         RcptState::Delivered {
                             reply: reply.clone(),
-                            notified: false,
+                            notified: !job.envelope.wants_success_dsn(i),
                         },
                     )),
                     _ => None,

@@ -33,6 +33,22 @@ pub struct Envelope {
     pub size: u64,
 }
 
+impl Envelope {
+    /// Whether a bounce for recipient `i` goes to the sender: not for the
+    /// null sender, not with NOTIFY=NEVER, and with NOTIFY given only if it
+    /// names FAILURE (RFC 3461 4.1).
+    pub fn wants_failure_dsn(&self, i: usize) -> bool {
+        let n = &self.recipients[i].notify;
+        !self.sender.is_empty() && !n.never && (n.failure || !(n.success || n.delay))
+    }
+
+    /// Whether a success report for recipient `i` goes to the sender
+    /// (NOTIFY=SUCCESS).
+    pub fn wants_success_dsn(&self, i: usize) -> bool {
+        !self.sender.is_empty() && self.recipients[i].notify.success
+    }
+}
+
 /// One recipient and its DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {

@@ -47,12 +47,12 @@ impl QueueHandle {
     /// Queues a message that is already in the spool. If the manager has
     /// stopped, the message waits in the spool for the next start.
     pub fn submit(&self, message: StoredMessage) {
-        let _ = self.events.send(Event::New(message));
+        let _ = self.events.send(Event::New(Box::new(message)));
     }
 }
 
 enum Event {
-    New(StoredMessage),
+    New(Box<StoredMessage>),
     Worker(WorkerEvent),
     /// A DSN for these recipients has been stored (or could not be).
     Notified {
@@ -189,7 +189,7 @@ impl Manager {
         match event {
             Event::New(m) => {
                 let id = m.envelope.id;
-                self.add(m);
+                self.add(*m);
                 if !self.config.paused {
                     self.due.remove(&(0, id));
                     self.dispatch(id, now_ms());
@@ -275,7 +275,7 @@ impl Manager {
         for i in unroutable {
             e.states[i] = RcptState::Failed {
                 reply: "554 5.4.4 No route for the recipient's domain".into(),
-                notified: !wants_failure_dsn(&e.envelope, i),
+                notified: !e.envelope.wants_failure_dsn(i),
             };
             self.spool
                 .update_detached(id, vec![(i, e.states[i].clone())]);
@@ -351,12 +351,11 @@ impl Manager {
             let state = match outcome {
                 RcptOutcome::Delivered(reply) => RcptState::Delivered {
                     reply,
-                    notified: !e.envelope.recipients[i].notify.success
-                        || e.envelope.sender.is_empty(),
+                    notified: !e.envelope.wants_success_dsn(i),
                 },
                 RcptOutcome::Permanent(reply) => RcptState::Failed {
                     reply,
-                    notified: !wants_failure_dsn(&e.envelope, i),
+                    notified: !e.envelope.wants_failure_dsn(i),
                 },
                 RcptOutcome::Temporary(reply) => {
                     let attempts = match &e.states[i] {
@@ -369,7 +368,7 @@ impl Manager {
                             reply: format!(
                                 "451 4.4.7 Delivery time expired after {attempts} attempts; last error: {reply}"
                             ),
-                            notified: !wants_failure_dsn(&e.envelope, i),
+                            notified: !e.envelope.wants_failure_dsn(i),
                         }
                     } else {
                         let next = now + backoff(&self.config, attempts).as_millis() as i64;
@@ -503,7 +502,7 @@ impl Manager {
             let stored = match store_dsn(&spool, &hostname, &envelope, location, &entries).await {
                 Ok(Some(m)) => {
                     tracing::info!(queue_id = %id, dsn = %m.envelope.id, to = %envelope.sender, "delivery status notification queued");
-                    let _ = events.send(Event::New(m));
+                    let _ = events.send(Event::New(Box::new(m)));
                     true
                 }
                 Ok(None) => true,
@@ -559,12 +558,6 @@ async fn store_dsn(
         location,
         message: None,
     }))
-}
-
-/// A failure DSN is sent unless the sender is null or NOTIFY excludes it.
-fn wants_failure_dsn(envelope: &Envelope, rcpt: usize) -> bool {
-    let n = &envelope.recipients[rcpt].notify;
-    !envelope.sender.is_empty() && !n.never && (n.failure || !(n.success || n.delay))
 }
 
 /// The delay before attempt `attempts + 1`.

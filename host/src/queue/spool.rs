@@ -185,6 +185,8 @@ enum JobKind {
     Message(QueueId),
     State,
     Done(QueueId),
+    /// Writes nothing; answered once everything queued before it is on disk.
+    Barrier,
 }
 
 impl Spool {
@@ -298,6 +300,22 @@ impl Spool {
         self.append(KIND_DONE, json, Vec::new(), JobKind::Done(id))
             .await
             .map(drop)
+    }
+
+    /// Resolves once every record handed to the spool before it is on disk
+    /// (the detached ones included).
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job {
+                head: Vec::new(),
+                body: Vec::new(),
+                kind: JobKind::Barrier,
+                done,
+            })
+            .map_err(|_| SpoolError::WriterGone)?;
+        wait.await.map_err(|_| SpoolError::WriterGone)?.map(drop)
     }
 
     /// Reads a message's bytes back.
@@ -494,7 +512,7 @@ impl SegmentWriter {
                     *n = n.saturating_sub(1);
                 }
             }
-            JobKind::State => {}
+            JobKind::State | JobKind::Barrier => {}
         }
     }
 
