@@ -630,3 +630,24 @@ fn sigterm_lets_a_delivery_in_flight_finish() {
     assert_eq!(sink.received().len(), 1);
     assert!(gw.spooled().is_empty(), "the delivered message is finished in the spool");
 }
+
+#[test]
+fn a_message_needing_smtputf8_bounces_when_the_next_hop_lacks_it() {
+    let dns = dns();
+    let sink = Sink::start(SinkOptions {
+        no_smtputf8: true,
+        ..Default::default()
+    });
+    let gw = Gateway::start(&format!("{}{}{}", listener("in", ""), dns.config(), mx_route(&sink, "")));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<sender@example.test> SMTPUTF8", 250);
+    c.expect("RCPT TO:<jörg@example.test>", 250);
+    c.expect("DATA", 354);
+    c.send("Subject: grüße\r\n\r\nx\r\n.\r\n".as_bytes());
+    assert_eq!(c.read_reply().code, 250);
+    let got = sink.wait_until("a DSN", |r| !dsns(r).is_empty());
+    assert_eq!(got.len(), 1, "the message itself was not sent: {got:#?}");
+    let status = delivery_status(dsns(&got)[0]);
+    assert!(status.contains("Status: 5.6.7") && status.contains("SMTPUTF8"), "{status}");
+}

@@ -37,6 +37,8 @@ pub struct SinkOptions {
     pub lmtp: bool,
     /// Wait this long before each reply to the end of data.
     pub data_delay: Duration,
+    /// Do not offer SMTPUTF8.
+    pub no_smtputf8: bool,
 }
 
 impl Default for SinkOptions {
@@ -47,6 +49,7 @@ impl Default for SinkOptions {
             tls: None,
             lmtp: false,
             data_delay: Duration::ZERO,
+            no_smtputf8: false,
         }
     }
 }
@@ -169,6 +172,9 @@ fn serve(
                 "250-DSN",
                 "250-SIZE 100000000",
             ];
+            if options.no_smtputf8 {
+                caps.retain(|c| *c != "250-SMTPUTF8");
+            }
             if options.tls.is_some() && !tls {
                 caps.push("250-STARTTLS");
             }

@@ -540,8 +540,10 @@ async fn store_dsn(
         }],
         ret: None,
         envid: None,
+        // The report may carry 8-bit text from the original; its envelope
+        // needs SMTPUTF8 only if the sender's address does.
         body: super::BodyType::EightBitMime,
-        smtputf8: envelope.smtputf8,
+        smtputf8: !envelope.sender.is_ascii(),
         client: super::ClientInfo {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             helo: hostname.to_string(),
