@@ -52,6 +52,9 @@ enum QueueCommand {
         /// One JSON envelope per line instead.
         #[arg(long)]
         json: bool,
+        /// Also show each recipient's state and last error.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Print one message as stored (with the Received header weir added).
     Cat {
@@ -106,7 +109,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
     match command {
-        QueueCommand::Ls { json, .. } => {
+        QueueCommand::Ls { json, verbose, .. } => {
             for m in spool::scan(&config.data_dir, false)? {
                 let e = &m.envelope;
                 if json {
@@ -124,6 +127,11 @@ fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
                     e.sender,
                     rcpts.join(" ")
                 );
+                if verbose {
+                    for (r, state) in e.recipients.iter().zip(&m.states) {
+                        println!("    {}: {}", r.address, describe(state));
+                    }
+                }
             }
             Ok(())
         }
@@ -139,6 +147,29 @@ fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             std::io::stdout().write_all(found.message.as_deref().unwrap_or_default())?;
             Ok(())
         }
+    }
+}
+
+/// A recipient's state in words, for `queue ls --verbose`.
+fn describe(state: &crate::queue::RcptState) -> String {
+    use crate::queue::RcptState;
+    match state {
+        RcptState::Pending { attempts: 0, .. } => "waiting for its first attempt".into(),
+        RcptState::Pending {
+            attempts,
+            next_attempt,
+            last_reply,
+        } => {
+            let next = chrono::DateTime::from_timestamp_millis(*next_attempt)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            format!(
+                "deferred after {attempts} attempt(s), next at {next}: {}",
+                last_reply.as_deref().unwrap_or("")
+            )
+        }
+        RcptState::Delivered { reply, .. } => format!("delivered: {reply}"),
+        RcptState::Failed { reply, .. } => format!("bounced: {reply}"),
     }
 }
 

@@ -621,14 +621,27 @@ fn sigterm_lets_a_delivery_in_flight_finish() {
         data_delay: Duration::from_millis(500),
         ..Default::default()
     });
-    let mut gw = Gateway::start(&format!("{}{}{}", listener("in", ""), dns.config(), mx_route(&sink, "")));
-    send(&gw, "a@sender.test", &["user@example.test"], "Subject: in flight\r\n\r\nx\r\n");
+    let mut gw = Gateway::start(&format!(
+        "{}{}{}",
+        listener("in", ""),
+        dns.config(),
+        mx_route(&sink, "")
+    ));
+    send(
+        &gw,
+        "a@sender.test",
+        &["user@example.test"],
+        "Subject: in flight\r\n\r\nx\r\n",
+    );
     sink.wait_for_data_start(1);
     let status = gw.terminate();
     assert!(status.success(), "{status:?}");
     // The delivery finished before the gateway exited, and was recorded.
     assert_eq!(sink.received().len(), 1);
-    assert!(gw.spooled().is_empty(), "the delivered message is finished in the spool");
+    assert!(
+        gw.spooled().is_empty(),
+        "the delivered message is finished in the spool"
+    );
 }
 
 #[test]
@@ -638,7 +651,12 @@ fn a_message_needing_smtputf8_bounces_when_the_next_hop_lacks_it() {
         no_smtputf8: true,
         ..Default::default()
     });
-    let gw = Gateway::start(&format!("{}{}{}", listener("in", ""), dns.config(), mx_route(&sink, "")));
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        listener("in", ""),
+        dns.config(),
+        mx_route(&sink, "")
+    ));
     let mut c = Client::connect(gw.addr("in"));
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<sender@example.test> SMTPUTF8", 250);
@@ -649,5 +667,8 @@ fn a_message_needing_smtputf8_bounces_when_the_next_hop_lacks_it() {
     let got = sink.wait_until("a DSN", |r| !dsns(r).is_empty());
     assert_eq!(got.len(), 1, "the message itself was not sent: {got:#?}");
     let status = delivery_status(dsns(&got)[0]);
-    assert!(status.contains("Status: 5.6.7") && status.contains("SMTPUTF8"), "{status}");
+    assert!(
+        status.contains("Status: 5.6.7") && status.contains("SMTPUTF8"),
+        "{status}"
+    );
 }
