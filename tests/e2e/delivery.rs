@@ -672,3 +672,68 @@ fn a_message_needing_smtputf8_bounces_when_the_next_hop_lacks_it() {
         "{status}"
     );
 }
+
+#[test]
+fn a_smart_host_gets_auth_plain_over_tls_only() {
+    let (_, cert, key) = ca_and_cert();
+    let sink = Sink::start(SinkOptions {
+        tls: Some((cert, key)),
+        // base64("\0relay-user\0s3cret")
+        auth_plain: Some("AHJlbGF5LXVzZXIAczNjcmV0".into()),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&format!(
+        "{}[[route]]\nname = \"relay\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\ntls = \"required\"\nauth_username = \"relay-user\"\nauth_password = \"s3cret\"\n",
+        listener("in", ""),
+        sink.addr.port()
+    ));
+    send(
+        &gw,
+        "a@sender.test",
+        &["b@anywhere.test"],
+        "Subject: auth\r\n\r\nx\r\n",
+    );
+    let got = sink.wait_for(1);
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth.as_deref(), Some("AHJlbGF5LXVzZXIAczNjcmV0"));
+}
+
+#[test]
+fn a_delay_warning_is_sent_once_when_configured() {
+    let dns = dns();
+    let sink = Sink::start(SinkOptions {
+        rcpt: Arc::new(|a| {
+            if a == "sender@example.test" {
+                "250 2.1.5 ok".into()
+            } else {
+                "451 4.2.1 mailbox busy".into()
+            }
+        }),
+        ..Default::default()
+    });
+    let gw = Gateway::start(&format!(
+        "{}[queue]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\ndelay_warning = \"500ms\"\n{}{}",
+        listener("in", ""),
+        dns.config(),
+        mx_route(&sink, "")
+    ));
+    send(
+        &gw,
+        "sender@example.test",
+        &["busy@example.test"],
+        "Subject: slow\r\n\r\nx\r\n",
+    );
+    let got = sink.wait_until("a delay DSN", |r| !dsns(r).is_empty());
+    let status = delivery_status(dsns(&got)[0]);
+    assert!(
+        status.contains("Action: delayed") && status.contains("451 4.2.1 mailbox busy"),
+        "{status}"
+    );
+    // Several more attempts fail; no second warning comes.
+    eventually("more attempts", || {
+        gw.log().matches("mailbox busy").count() >= 8
+    });
+    assert_eq!(dsns(&sink.received()).len(), 1);
+    // The message is still queued.
+    assert_eq!(gw.spooled().len(), 1);
+}

@@ -20,6 +20,8 @@ pub struct Delivered {
     /// Every line ended with CRLF on the wire.
     pub crlf_only: bool,
     pub tls: bool,
+    /// The AUTH PLAIN token the client authenticated with, if any.
+    pub auth: Option<String>,
 }
 
 type ReplyFn = dyn Fn(&str) -> String + Send + Sync;
@@ -39,6 +41,8 @@ pub struct SinkOptions {
     pub data_delay: Duration,
     /// Do not offer SMTPUTF8.
     pub no_smtputf8: bool,
+    /// Offer AUTH PLAIN (after TLS) and require this token (base64).
+    pub auth_plain: Option<String>,
 }
 
 impl Default for SinkOptions {
@@ -50,6 +54,7 @@ impl Default for SinkOptions {
             lmtp: false,
             data_delay: Duration::ZERO,
             no_smtputf8: false,
+            auth_plain: None,
         }
     }
 }
@@ -152,6 +157,7 @@ fn serve(
     tcp.set_read_timeout(Some(PATIENCE))?;
     let mut io = BufReader::new(stream);
     let mut tls = false;
+    let mut auth: Option<String> = None;
     write!(io.get_mut(), "220 sink.test ESMTP\r\n")?;
     let mut from = None;
     let mut params = String::new();
@@ -172,6 +178,9 @@ fn serve(
                 "250-DSN",
                 "250-SIZE 100000000",
             ];
+            if options.auth_plain.is_some() && tls {
+                caps.push("250-AUTH PLAIN");
+            }
             if options.no_smtputf8 {
                 caps.retain(|c| *c != "250-SMTPUTF8");
             }
@@ -194,7 +203,19 @@ fn serve(
             io = BufReader::new(Box::new(s));
             tls = true;
             continue;
+        } else if upper.starts_with("AUTH PLAIN ") {
+            let token = text[11..].trim().to_string();
+            if options.auth_plain.as_deref() == Some(token.as_str()) && tls {
+                auth = Some(token);
+                "235 2.7.0 authenticated".into()
+            } else {
+                "535 5.7.8 bad credentials".into()
+            }
         } else if upper.starts_with("MAIL FROM:") {
+            if options.auth_plain.is_some() && auth.is_none() {
+                write!(io.get_mut(), "530 5.7.0 authentication required\r\n")?;
+                continue;
+            }
             let rest = &text[10..];
             let end = rest.find('>').unwrap_or(rest.len());
             from = Some(rest[1.min(rest.len())..end].to_string());
@@ -251,6 +272,7 @@ fn serve(
                         data,
                         crlf_only,
                         tls,
+                        auth: auth.clone(),
                     });
                     cv.notify_all();
                 }
