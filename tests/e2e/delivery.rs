@@ -144,6 +144,27 @@ fn a_smart_host_list_fails_over_in_order() {
     );
     let got = sink.wait_for(1);
     assert_eq!(got[0].rcpts, ["b@anywhere.test"]);
+    // The route's defaults: the gateway's name, any source address.
+    assert_eq!(got[0].helo, "mx.test");
+}
+
+#[test]
+fn a_route_sends_from_its_own_address_with_its_own_helo() {
+    let sink = Sink::start(SinkOptions::default());
+    let gw = Gateway::start(&format!(
+        "{}[[route]]\nname = \"dedicated\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\nsource_address = \"127.0.0.2\"\nhelo = \"out2.mx.test\"\n",
+        listener("in", ""),
+        sink.addr.port()
+    ));
+    send(
+        &gw,
+        "a@sender.test",
+        &["b@anywhere.test"],
+        "Subject: s\r\n\r\nx\r\n",
+    );
+    let got = sink.wait_for(1);
+    assert_eq!(got[0].peer.ip().to_string(), "127.0.0.2");
+    assert_eq!(got[0].helo, "out2.mx.test");
 }
 
 #[test]

@@ -22,6 +22,10 @@ pub struct Delivered {
     pub tls: bool,
     /// The AUTH PLAIN token the client authenticated with, if any.
     pub auth: Option<String>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's EHLO/LHLO name.
+    pub helo: String,
 }
 
 type ReplyFn = dyn Fn(&str) -> String + Send + Sync;
@@ -158,6 +162,8 @@ fn serve(
     let mut io = BufReader::new(stream);
     let mut tls = false;
     let mut auth: Option<String> = None;
+    let peer = tcp.peer_addr()?;
+    let mut helo = String::new();
     write!(io.get_mut(), "220 sink.test ESMTP\r\n")?;
     let mut from = None;
     let mut params = String::new();
@@ -170,6 +176,7 @@ fn serve(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") || upper.starts_with("LHLO") {
+            helo = text.get(5..).unwrap_or("").to_string();
             let mut caps = vec![
                 "250-sink.test",
                 "250-PIPELINING",
@@ -273,6 +280,8 @@ fn serve(
                         crlf_only,
                         tls,
                         auth: auth.clone(),
+                        peer,
+                        helo: helo.clone(),
                     });
                     cv.notify_all();
                 }
