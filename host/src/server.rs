@@ -71,6 +71,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             "sessions still open after {DRAIN_DEADLINE:?}; exiting anyway (nothing acknowledged is lost)"
         );
     }
+    // Queue state written without waiting (retry times, finished messages)
+    // must reach the disk before the process ends.
+    spool.flush().await?;
+    tracing::info!("stopped");
     Ok(())
 }
 

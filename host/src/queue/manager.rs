@@ -54,6 +54,11 @@ impl QueueHandle {
 enum Event {
     New(Box<StoredMessage>),
     Worker(WorkerEvent),
+    /// A message has been moved forward in the spool (or could not be).
+    Moved {
+        id: QueueId,
+        location: Option<Location>,
+    },
     /// A DSN for these recipients has been stored (or could not be).
     Notified {
         id: QueueId,
@@ -71,6 +76,8 @@ struct Entry {
     notifying: bool,
     /// The delay warning has been sent (kept in memory only).
     warned: bool,
+    /// Being rewritten into a newer spool segment: not dispatched meanwhile.
+    moving: bool,
 }
 
 #[derive(Default)]
@@ -91,6 +98,8 @@ struct Manager {
     /// Destinations with jobs but no worker, waiting for a free slot.
     waiting: VecDeque<NextHop>,
     workers: usize,
+    /// Shutting down: no new deliveries start.
+    stopping: bool,
     events_tx: mpsc::UnboundedSender<Event>,
     worker_tx: mpsc::UnboundedSender<WorkerEvent>,
     shutdown: Shutdown,
@@ -116,6 +125,7 @@ pub fn start(
         destinations: HashMap::new(),
         waiting: VecDeque::new(),
         workers: 0,
+        stopping: false,
         events_tx: events_tx.clone(),
         worker_tx,
         shutdown: shutdown.clone(),
@@ -134,10 +144,13 @@ pub fn start(
             );
         }
         loop {
-            if !stopping && !manager.config.paused {
+            if stopping {
+                if manager.workers == 0 {
+                    tracing::debug!("queue manager stopped");
+                    break;
+                }
+            } else if !manager.config.paused {
                 manager.dispatch_due(now_ms());
-            } else if manager.workers == 0 {
-                break;
             }
             let wake = manager.due.first().map(|(t, _)| *t);
             let sleep = async {
@@ -156,6 +169,7 @@ pub fn start(
                 _ = stop.wait(), if !stopping => {
                     tracing::info!(workers = manager.workers, "queue manager stopping; deliveries in flight finish");
                     stopping = true;
+                    manager.stopping = true;
                 }
             }
         }
@@ -180,6 +194,7 @@ impl Manager {
                 in_flight: vec![false; n],
                 notifying: false,
                 warned: false,
+                moving: false,
             },
         );
         self.due.insert((0, id));
@@ -190,7 +205,7 @@ impl Manager {
             Event::New(m) => {
                 let id = m.envelope.id;
                 self.add(*m);
-                if !self.config.paused {
+                if !self.config.paused && !self.stopping {
                     self.due.remove(&(0, id));
                     self.dispatch(id, now_ms());
                 }
@@ -208,6 +223,16 @@ impl Manager {
                     };
                     self.start_workers(&hop);
                 }
+            }
+            Event::Moved { id, location } => {
+                let Some(e) = self.messages.get_mut(&id) else {
+                    return;
+                };
+                e.moving = false;
+                if let Some(location) = location {
+                    e.location = location;
+                }
+                self.due.insert((now_ms(), id));
             }
             Event::Notified { id, rcpts, stored } => {
                 let Some(e) = self.messages.get_mut(&id) else {
@@ -312,6 +337,10 @@ impl Manager {
 
     /// Starts workers for a destination up to the limits.
     fn start_workers(&mut self, hop: &NextHop) {
+        // Shutting down: workers in flight finish, no new ones start.
+        if self.stopping {
+            return;
+        }
         let Some(d) = self.destinations.get_mut(hop) else {
             return;
         };
@@ -389,8 +418,37 @@ impl Manager {
         }
         if let Some(t) = next_due {
             self.due.insert((t, id));
+            self.move_forward_if_old(id);
         }
         self.settle(id);
+    }
+
+    /// A deferred message that keeps the oldest spool segment on disk is
+    /// rewritten into the current one, so a long outage to one destination
+    /// does not keep everything received since on disk.
+    fn move_forward_if_old(&mut self, id: QueueId) {
+        let Some(e) = self.messages.get_mut(&id) else {
+            return;
+        };
+        if e.moving || e.in_flight.iter().any(|&f| f) || !self.spool.holds_oldest(e.location) {
+            return;
+        }
+        e.moving = true;
+        let (spool, events) = (self.spool.clone(), self.events_tx.clone());
+        let (envelope, states, old) = (e.envelope.clone(), e.states.clone(), e.location);
+        tokio::spawn(async move {
+            let location = match spool.relocate(&envelope, &states, old).await {
+                Ok(l) => {
+                    tracing::debug!(queue_id = %id, from = old.segment, to = l.segment, "deferred message moved forward in the spool");
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "cannot move a deferred message forward in the spool");
+                    None
+                }
+            };
+            let _ = events.send(Event::Moved { id, location });
+        });
     }
 
     /// Once nothing is in flight: report what needs reporting, and finish

@@ -21,11 +21,17 @@
 //!   message bytes;
 //! - state: JSON `{id, rcpts: [[index, RcptState], ...]}`, a change in some
 //!   recipients' delivery state;
-//! - done: JSON `{id}`, the message is finished and may be forgotten.
+//! - done: JSON `{id}`, the message is finished and may be forgotten;
+//! - moved: a message rewritten into a newer segment with its recipients'
+//!   states (the metadata's length, JSON `{envelope, states}`, the bytes);
+//!   it replaces the older copy.
 //!
 //! Recovery replays them in order. A segment is deleted once every message
 //! stored in it and in all older segments is done: deleting oldest first
 //! means a state or done record never outlives the message it is about.
+//! So that one message deferred for days does not keep every later segment
+//! on disk, the queue manager moves a deferred message that holds the
+//! oldest segment forward ([`Spool::relocate`]).
 //!
 //! Guarantee: [`Spool::store`] resolves only after the record has been
 //! written and `fdatasync`ed (and, for a new segment, after the directory
@@ -58,6 +64,7 @@ const HEADER_LEN: usize = 16;
 const KIND_MESSAGE: u8 = 1;
 const KIND_STATE: u8 = 2;
 const KIND_DONE: u8 = 3;
+const KIND_MOVED: u8 = 4;
 /// Writes larger than this skip the batch buffer.
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -158,6 +165,12 @@ struct DoneRecord {
     id: QueueId,
 }
 
+#[derive(Serialize, Deserialize)]
+struct MovedRecord {
+    envelope: Envelope,
+    states: Vec<RcptState>,
+}
+
 /// A handle on the spool; cheap to clone, shared by all sessions.
 #[derive(Clone)]
 pub struct Spool {
@@ -165,6 +178,8 @@ pub struct Spool {
 }
 
 struct Inner {
+    /// The oldest segment on disk, as the writer last saw it.
+    oldest: Arc<AtomicU64>,
     writer: mpsc::Sender<Job>,
     last_id: AtomicU64,
     dir: PathBuf,
@@ -183,6 +198,7 @@ struct Job {
 
 enum JobKind {
     Message(QueueId),
+    Moved(QueueId),
     State,
     Done(QueueId),
     /// Writes nothing; answered once everything queued before it is on disk.
@@ -232,6 +248,7 @@ impl Spool {
         writer.live = live;
         writer.home = home;
         writer.collect_garbage();
+        let oldest = writer.oldest.clone();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -242,6 +259,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 writer: tx,
                 last_id: AtomicU64::new(max_id),
+                oldest,
                 dir,
                 _lock: lock,
             }),
@@ -300,6 +318,34 @@ impl Spool {
         self.append(KIND_DONE, json, Vec::new(), JobKind::Done(id))
             .await
             .map(drop)
+    }
+
+    /// Whether a message stored at `location` keeps the oldest segment on
+    /// disk while newer ones exist: then moving it lets that segment go.
+    pub fn holds_oldest(&self, location: Location) -> bool {
+        location.segment <= self.inner.oldest.load(Ordering::Relaxed)
+    }
+
+    /// Rewrites a message, with its recipients' current states, into the
+    /// segment being written; returns its new location. The old copy stops
+    /// counting once this is on disk.
+    pub async fn relocate(
+        &self,
+        envelope: &Envelope,
+        states: &[RcptState],
+        old: Location,
+    ) -> Result<Location, SpoolError> {
+        let bytes = self.read(old).await?;
+        let meta = serde_json::to_vec(&MovedRecord {
+            envelope: envelope.clone(),
+            states: states.to_vec(),
+        })
+        .expect("moved record serialises");
+        let mut prefix = Vec::with_capacity(4 + meta.len());
+        prefix.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        prefix.extend_from_slice(&meta);
+        self.append(KIND_MOVED, prefix, bytes, JobKind::Moved(envelope.id))
+            .await
     }
 
     /// Resolves once every record handed to the spool before it is on disk
@@ -423,6 +469,9 @@ struct SegmentWriter {
     live: BTreeMap<u64, usize>,
     /// The segment each unfinished message is in.
     home: HashMap<QueueId, u64>,
+    /// Shared with the spool handles: the oldest segment still on disk,
+    /// if it is not the one being written (else 0).
+    oldest: Arc<AtomicU64>,
 }
 
 impl SegmentWriter {
@@ -445,6 +494,7 @@ impl SegmentWriter {
             max_len,
             live: BTreeMap::from([(number, 0)]),
             home: HashMap::new(),
+            oldest: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -505,6 +555,14 @@ impl SegmentWriter {
                 *self.live.entry(segment).or_default() += 1;
                 self.home.insert(*id, segment);
             }
+            JobKind::Moved(id) => {
+                if let Some(old) = self.home.insert(*id, segment)
+                    && let Some(n) = self.live.get_mut(&old)
+                {
+                    *n = n.saturating_sub(1);
+                }
+                *self.live.entry(segment).or_default() += 1;
+            }
             JobKind::Done(id) => {
                 if let Some(home) = self.home.remove(id)
                     && let Some(n) = self.live.get_mut(&home)
@@ -546,6 +604,7 @@ impl SegmentWriter {
         let mut next = SegmentWriter::create(&self.dir, self.number + 1, self.max_len)?;
         next.live.extend(std::mem::take(&mut self.live));
         next.home = std::mem::take(&mut self.home);
+        next.oldest = self.oldest.clone();
         let old = std::mem::replace(self, next);
         drop(old.out.into_inner());
         Ok(())
@@ -572,6 +631,13 @@ impl SegmentWriter {
         if deleted && let Err(e) = sync_dir(&self.dir) {
             tracing::warn!(error = %e, "spool: cannot sync the spool directory after deleting segments");
         }
+        let oldest = self
+            .live
+            .first_key_value()
+            .map(|(&segment, _)| segment)
+            .filter(|&segment| segment != self.number)
+            .unwrap_or(0);
+        self.oldest.store(oldest, Ordering::Relaxed);
     }
 }
 
@@ -657,6 +723,37 @@ pub fn scan(data_dir: &Path, with_messages: bool) -> Result<Vec<StoredMessage>, 
                             if let Some(slot) = m.states.get_mut(rcpt) {
                                 *slot = state;
                             }
+                        }
+                    }
+                }
+                KIND_MOVED => {
+                    let moved = payload
+                        .get(..4)
+                        .map(|l| u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize)
+                        .and_then(|len| Some((len, payload.get(4..4 + len)?)))
+                        .and_then(|(len, meta)| {
+                            Some((len, serde_json::from_slice::<MovedRecord>(meta).ok()?))
+                        });
+                    let Some((meta_len, record)) = moved else {
+                        tracing::warn!(segment = %path.display(), offset = record_offset, "spool: undecodable moved message skipped");
+                        continue;
+                    };
+                    let message = &payload[4 + meta_len..];
+                    let stored = StoredMessage {
+                        location: Location {
+                            segment: number,
+                            offset: (record_offset + HEADER_LEN + 4 + meta_len) as u64,
+                            len: message.len() as u64,
+                        },
+                        states: record.states,
+                        message: with_messages.then(|| message.to_vec()),
+                        envelope: record.envelope,
+                    };
+                    match index.get(&stored.envelope.id) {
+                        Some(&i) => found[i] = Some(stored),
+                        None => {
+                            index.insert(stored.envelope.id, found.len());
+                            found.push(Some(stored));
                         }
                     }
                 }
@@ -849,6 +946,46 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope.id, ids[2]);
         assert_eq!(spool.read(left[0].location).await.unwrap(), vec![b'x'; 100]);
+    }
+
+    #[tokio::test]
+    async fn a_long_deferred_message_moved_forward_frees_old_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let (spool, _) = Spool::open(dir.path(), 64).unwrap();
+        let stuck = spool.next_id();
+        let stuck_loc = spool
+            .store(&envelope(stuck), vec![b's'; 100])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let id = spool.next_id();
+            spool.store(&envelope(id), vec![b'x'; 100]).await.unwrap();
+            spool.finish(id).await.unwrap();
+        }
+        // The stuck message holds the oldest segment, and with it all others.
+        assert!(spool.holds_oldest(stuck_loc));
+        let before = list_segments(&spool_dir).unwrap().len();
+        let states = vec![RcptState::Pending {
+            attempts: 3,
+            next_attempt: 99,
+            last_reply: Some("451 later".into()),
+        }];
+        let new_loc = spool
+            .relocate(&envelope(stuck), &states, stuck_loc)
+            .await
+            .unwrap();
+        assert!(new_loc.segment > stuck_loc.segment);
+        let after = list_segments(&spool_dir).unwrap().len();
+        assert!(after < before, "{before} -> {after}");
+        assert_eq!(spool.read(new_loc).await.unwrap(), vec![b's'; 100]);
+        drop(spool);
+        // After a restart the moved copy, with its states, is the message.
+        let (_spool, recovered) = Spool::open(dir.path(), 64).unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].envelope.id, stuck);
+        assert_eq!(recovered[0].states, states);
+        assert_eq!(recovered[0].location.segment, new_loc.segment);
     }
 
     #[tokio::test]
