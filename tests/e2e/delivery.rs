@@ -40,6 +40,31 @@ fn mx_route(sink: &Sink, extra: &str) -> String {
     )
 }
 
+/// A sink that takes mail for sender@example.test (the DSNs) and answers
+/// `reply` to every other recipient.
+fn refusing_all_but_the_sender(reply: &'static str) -> Sink {
+    Sink::start(SinkOptions {
+        rcpt: Arc::new(move |a| {
+            if a == "sender@example.test" {
+                "250 2.1.5 ok".into()
+            } else {
+                reply.into()
+            }
+        }),
+        ..Default::default()
+    })
+}
+
+/// A gateway that delivers by MX through `dns`, to the sink's port.
+fn mx_gateway(dns: &TestDns, sink: &Sink, queue: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{}{queue}{}{}",
+        listener("in", ""),
+        dns.config(),
+        mx_route(sink, "")
+    ))
+}
+
 fn send(gw: &Gateway, from: &str, to: &[&str], body: &str) -> String {
     let mut c = Client::connect(gw.addr("in"));
     let r = c.send_mail(from, to, body);
@@ -85,12 +110,7 @@ fn delivery_status(dsn: &Delivered) -> String {
 fn mx_delivery_arrives_byte_for_byte_after_failing_over_to_the_next_mx() {
     let dns = dns();
     let sink = Sink::start(SinkOptions::default());
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, "");
     // As the client sends it (dot-stuffed), and as the content is.
     let wire =
         "From: a@sender.test\r\nSubject: relay\r\n\r\nline\r\n..leading dot\r\n...two dots\r\n";
@@ -182,12 +202,7 @@ fn a_transient_failure_is_retried_and_delivered() {
         }),
         ..Default::default()
     });
-    let gw = Gateway::start(&format!(
-        "{}{FAST_RETRY}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     send(
         &gw,
         "a@sender.test",
@@ -217,12 +232,7 @@ fn a_permanent_failure_gives_exactly_one_dsn() {
         }),
         ..Default::default()
     });
-    let gw = Gateway::start(&format!(
-        "{}{FAST_RETRY}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     send(
         &gw,
         "sender@example.test",
@@ -261,22 +271,12 @@ fn a_permanent_failure_gives_exactly_one_dsn() {
 #[test]
 fn a_message_that_cannot_be_delivered_in_time_expires_with_a_dsn() {
     let dns = dns();
-    let sink = Sink::start(SinkOptions {
-        rcpt: Arc::new(|a| {
-            if a == "sender@example.test" {
-                "250 2.1.5 ok".into()
-            } else {
-                "451 4.3.0 try again".into()
-            }
-        }),
-        ..Default::default()
-    });
-    let gw = Gateway::start(&format!(
-        "{}[queue]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\nmax_lifetime = \"1s\"\n{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let sink = refusing_all_but_the_sender("451 4.3.0 try again");
+    let gw = mx_gateway(
+        &dns,
+        &sink,
+        "[queue]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\nmax_lifetime = \"1s\"\n",
+    );
     send(
         &gw,
         "sender@example.test",
@@ -313,12 +313,7 @@ fn each_recipient_gets_its_own_outcome() {
         }),
         ..Default::default()
     });
-    let gw = Gateway::start(&format!(
-        "{}{FAST_RETRY}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     send(
         &gw,
         "sender@example.test",
@@ -371,12 +366,7 @@ fn notify_never_and_the_null_sender_get_no_dsn_but_success_does() {
         }),
         ..Default::default()
     });
-    let gw = Gateway::start(&format!(
-        "{}{FAST_RETRY}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     let mut c = Client::connect(gw.addr("in"));
     c.expect("EHLO client.test", 250);
     // NOTIFY=NEVER: a bounce is not reported.
@@ -427,12 +417,7 @@ fn notify_never_and_the_null_sender_get_no_dsn_but_success_does() {
 fn a_null_mx_bounces_at_once() {
     let dns = dns();
     let sink = Sink::start(SinkOptions::default());
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, "");
     send(
         &gw,
         "sender@example.test",
@@ -642,12 +627,7 @@ fn sigterm_lets_a_delivery_in_flight_finish() {
         data_delay: Duration::from_millis(500),
         ..Default::default()
     });
-    let mut gw = Gateway::start(&format!(
-        "{}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let mut gw = mx_gateway(&dns, &sink, "");
     send(
         &gw,
         "a@sender.test",
@@ -672,12 +652,7 @@ fn a_message_needing_smtputf8_bounces_when_the_next_hop_lacks_it() {
         no_smtputf8: true,
         ..Default::default()
     });
-    let gw = Gateway::start(&format!(
-        "{}{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let gw = mx_gateway(&dns, &sink, "");
     let mut c = Client::connect(gw.addr("in"));
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<sender@example.test> SMTPUTF8", 250);
@@ -722,22 +697,12 @@ fn a_smart_host_gets_auth_plain_over_tls_only() {
 #[test]
 fn a_delay_warning_is_sent_once_when_configured() {
     let dns = dns();
-    let sink = Sink::start(SinkOptions {
-        rcpt: Arc::new(|a| {
-            if a == "sender@example.test" {
-                "250 2.1.5 ok".into()
-            } else {
-                "451 4.2.1 mailbox busy".into()
-            }
-        }),
-        ..Default::default()
-    });
-    let gw = Gateway::start(&format!(
-        "{}[queue]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\ndelay_warning = \"500ms\"\n{}{}",
-        listener("in", ""),
-        dns.config(),
-        mx_route(&sink, "")
-    ));
+    let sink = refusing_all_but_the_sender("451 4.2.1 mailbox busy");
+    let gw = mx_gateway(
+        &dns,
+        &sink,
+        "[queue]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\ndelay_warning = \"500ms\"\n",
+    );
     send(
         &gw,
         "sender@example.test",
