@@ -68,6 +68,10 @@ pub struct QueueConfig {
     pub max_concurrency: usize,
     /// Outbound connections to one destination (domain or smart host).
     pub max_per_destination: usize,
+    /// How long an idle outbound connection is kept for the next message
+    /// to the same destination.
+    #[serde(with = "humantime_serde")]
+    pub connection_cache_time: Duration,
     /// TCP connect timeout for outbound connections.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -89,6 +93,7 @@ impl Default for QueueConfig {
             delay_warning: Duration::ZERO,
             max_concurrency: 100,
             max_per_destination: 10,
+            connection_cache_time: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),

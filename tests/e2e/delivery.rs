@@ -723,3 +723,25 @@ fn a_delay_warning_is_sent_once_when_configured() {
     // The message is still queued.
     assert_eq!(gw.spooled().len(), 1);
 }
+
+#[test]
+fn one_connection_carries_many_messages() {
+    let sink = Sink::start(SinkOptions::default());
+    let gw = Gateway::start(&format!(
+        "{}[queue]\nconnection_cache_time = \"10s\"\n[[route]]\nname = \"relay\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\n",
+        listener("in", ""),
+        sink.addr.port()
+    ));
+    // One at a time: each is delivered before the next arrives, so only
+    // the connection cache can explain a shared connection.
+    for i in 1..=5 {
+        send(
+            &gw,
+            "a@sender.test",
+            &["b@anywhere.test"],
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
+        );
+        sink.wait_for(i);
+    }
+    assert_eq!(sink.connections(), 1);
+}

@@ -69,6 +69,8 @@ pub struct Sink {
     received: Arc<(Mutex<Vec<Delivered>>, Condvar)>,
     /// How many times message data has started arriving.
     started: Arc<(Mutex<usize>, Condvar)>,
+    /// Connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -82,7 +84,9 @@ impl Sink {
         let received: Arc<(Mutex<Vec<Delivered>>, Condvar)> = Arc::default();
         let started: Arc<(Mutex<usize>, Condvar)> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         {
+            let connections = connections.clone();
             let received = received.clone();
             let started = started.clone();
             let stop = stop.clone();
@@ -92,6 +96,7 @@ impl Sink {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let received = received.clone();
                     let started = started.clone();
                     let options = options.clone();
@@ -106,8 +111,14 @@ impl Sink {
             addr,
             received,
             started,
+            connections,
             stop,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Waits until message data has started arriving `n` times.

@@ -32,10 +32,11 @@ pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use rustls::ClientConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::{Config, OutboundTls, QueueConfig, RouteKind};
 use crate::queue::{Envelope, Location, QueueId, RcptState, Spool};
@@ -57,8 +58,61 @@ pub struct Job {
     pub rcpts: Vec<usize>,
 }
 
-/// The jobs waiting for one destination, shared by its workers.
-pub type JobQueue = Arc<Mutex<VecDeque<Job>>>;
+/// The jobs waiting for one destination, shared by the queue manager (which
+/// pushes) and the destination's workers (which take).
+#[derive(Default)]
+pub struct JobQueue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Notify,
+}
+
+impl JobQueue {
+    /// Adds a job and wakes a worker that is waiting for one.
+    pub fn push(&self, job: Job) {
+        self.jobs.lock().expect("job queue poisoned").push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// Jobs waiting.
+    pub fn len(&self) -> usize {
+        self.jobs.lock().expect("job queue poisoned").len()
+    }
+
+    /// Whether no job is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pop(&self) -> Option<Job> {
+        self.jobs.lock().expect("job queue poisoned").pop_front()
+    }
+
+    fn drain(&self) -> Vec<Job> {
+        self.jobs
+            .lock()
+            .expect("job queue poisoned")
+            .drain(..)
+            .collect()
+    }
+
+    /// The next job, waiting up to `idle` for one to come.
+    async fn next(&self, idle: Duration, shutdown: &mut Shutdown) -> Option<Job> {
+        let deadline = tokio::time::Instant::now() + idle;
+        loop {
+            if let Some(job) = self.pop() {
+                return Some(job);
+            }
+            if idle.is_zero() || shutdown.is_set() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.ready.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return self.pop(),
+                _ = shutdown.wait() => return None,
+            }
+        }
+    }
+}
 
 /// What workers tell the queue manager.
 #[derive(Debug)]
@@ -199,20 +253,28 @@ impl Delivery {
     }
 
     /// Delivers the jobs queued for `hop` over one connection, reused from
-    /// job to job, until the queue is empty or the gateway stops.
+    /// job to job, until the queue has stayed empty for
+    /// `connection_cache_time` or the gateway stops.
     pub async fn run_worker(
         self: Arc<Self>,
         hop: NextHop,
-        jobs: JobQueue,
+        jobs: Arc<JobQueue>,
         events: mpsc::UnboundedSender<WorkerEvent>,
-        shutdown: Shutdown,
+        mut shutdown: Shutdown,
     ) {
         let mut conn: Option<Connection> = None;
         loop {
             if shutdown.is_set() {
                 break;
             }
-            let Some(job) = jobs.lock().expect("job queue poisoned").pop_front() else {
+            // With a connection open, wait a little for more work before
+            // closing it (Postfix's connection cache does the same).
+            let idle = if conn.is_some() {
+                self.queue.connection_cache_time
+            } else {
+                Duration::ZERO
+            };
+            let Some(job) = jobs.next(idle, &mut shutdown).await else {
                 break;
             };
             let message = match self.spool.read(job.location).await {
@@ -241,8 +303,7 @@ impl Delivery {
                         };
                         tracing::info!(domain = %hop.domain, route = hop.route, reason = %e.reason, "destination unreachable");
                         report(&events, &job, outcome.clone());
-                        let waiting: Vec<Job> =
-                            jobs.lock().expect("job queue poisoned").drain(..).collect();
+                        let waiting = jobs.drain();
                         for j in &waiting {
                             report(&events, j, outcome.clone());
                         }

@@ -15,7 +15,8 @@
 //!   `max_per_destination` workers; destinations waiting for a free slot
 //!   under `max_concurrency` are served in turn;
 //! - connection reuse: a worker keeps its connection for the next job of
-//!   its destination until that queue is empty.
+//!   its destination, and keeps it open `connection_cache_time` after the
+//!   queue runs empty in case more comes.
 //!
 //! Bounces: when no attempt is in flight for a message, the recipients that
 //! failed (and, with NOTIFY=SUCCESS, were delivered) since the last report
@@ -82,7 +83,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Destination {
-    jobs: JobQueue,
+    jobs: Arc<JobQueue>,
     workers: usize,
 }
 
@@ -323,9 +324,7 @@ impl Manager {
                 .entry(hop.clone())
                 .or_default()
                 .jobs
-                .lock()
-                .expect("job queue poisoned")
-                .push_back(job);
+                .push(job);
             self.start_workers(&hop);
         }
         if let Some(t) = next_due {
@@ -344,7 +343,7 @@ impl Manager {
         let Some(d) = self.destinations.get_mut(hop) else {
             return;
         };
-        let queued = d.jobs.lock().expect("job queue poisoned").len();
+        let queued = d.jobs.len();
         let wanted = queued.min(self.config.max_per_destination);
         while d.workers < wanted {
             if self.workers >= self.config.max_concurrency {
