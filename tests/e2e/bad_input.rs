@@ -164,6 +164,19 @@ fn a_message_over_the_size_limit_gets_552_after_its_end() {
     c.send(big.as_bytes());
     assert_eq!(c.read_reply().code, 552);
     c.expect("NOOP", 250);
+    // A chunk claiming more than twice the limit is not read: refused, closed.
+    c.expect("MAIL FROM:<a@example.org>", 250);
+    c.expect("RCPT TO:<b@example.net>", 250);
+    c.send(b"BDAT 99999999999999999999 LAST\r\n");
+    assert_eq!(
+        c.read_reply().code,
+        501,
+        "a size past 2^64 is a syntax error"
+    );
+    c.send(b"BDAT 10000000000 LAST\r\n");
+    let r = c.read_reply();
+    assert_eq!((r.code, r.enhanced()), (552, "5.3.4"), "{r:?}");
+    c.expect_closed();
     assert!(gw.spooled().is_empty());
 }
 

@@ -73,6 +73,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub(super) async fn bdat(&mut self, size: usize, last: bool) -> Step {
         let limit = self.ctx.config.max_message_size.as_u64() as usize;
+        // A chunk is normally read in full, even when refused, so the
+        // session stays in step. One more than twice the size limit is not
+        // worth reading (it may claim 2^64 octets): refuse and close.
+        if size > limit.saturating_mul(2) {
+            tracing::info!(peer = %self.peer, size, "BDAT chunk far over the size limit; closing");
+            self.txn = None;
+            self.conn.reply(&Reply::too_big(limit as u64));
+            return Step::Close;
+        }
         // Room left for this chunk, if a transaction is open.
         let room = match &mut self.txn {
             Some(t) if !t.recipients.is_empty() => {
