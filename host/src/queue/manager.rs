@@ -45,6 +45,15 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
+    /// A handle whose messages go nowhere (they stay in the spool): for
+    /// tests of the SMTP side alone.
+    #[cfg(test)]
+    pub(crate) fn detached() -> QueueHandle {
+        QueueHandle {
+            events: mpsc::unbounded_channel().0,
+        }
+    }
+
     /// Queues a message that is already in the spool. If the manager has
     /// stopped, the message waits in the spool for the next start.
     pub fn submit(&self, message: StoredMessage) {

@@ -26,6 +26,8 @@ mod message;
 mod rcpt;
 pub mod received;
 pub mod reply;
+#[cfg(test)]
+mod robustness;
 pub mod session;
 
 pub use reply::{Enhanced, Reply};
