@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod listener;
+mod plugin_contract;
 pub mod queue;
 pub mod server;
 pub mod shutdown;
