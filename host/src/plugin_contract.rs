@@ -45,7 +45,7 @@ mod tests {
             .keys()
             .map(|k| resolve.name_world_key(k))
             .collect();
-        for capability in ["log", "dns", "state", "message", "auth-results"] {
+        for capability in ["log", "dns", "state", "message", "auth-results", "config"] {
             assert!(
                 imports
                     .iter()

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod pipelining;
+mod plugins;
 mod postfix;
 mod real_clients;
 mod receive;

@@ -1,0 +1,81 @@
+//! Refuses mail to the recipients listed in its configuration, at RCPT,
+//! with 550 5.7.1. Configuration (TOML): `block = ["a@example.org", ...]`
+//! (compared case-insensitively).
+//!
+//! The list is parsed once per instance, in `init` (every instance gets
+//! `init` before it serves), and kept in the instance.
+
+use std::sync::OnceLock;
+
+use weir_plugin_sdk::{Connection, Envelope, Hook, Plugin, Reply, Verdict, config, export_plugin};
+
+struct BlockRecipients;
+
+static BLOCKED: OnceLock<Vec<String>> = OnceLock::new();
+
+impl Plugin for BlockRecipients {
+    const HOOKS: &'static [Hook] = &[Hook::Rcpt];
+
+    fn init(config: &str) -> Result<(), String> {
+        let list = blocked(config)?;
+        let _ = BLOCKED.set(list);
+        Ok(())
+    }
+
+    fn on_rcpt(_conn: Connection, _env: Envelope, recipient: String) -> Verdict {
+        let list = BLOCKED.get_or_init(|| blocked(&config::get()).unwrap_or_default());
+        if list.contains(&recipient.to_ascii_lowercase()) {
+            return Reply::reject(
+                550,
+                "5.7.1",
+                &format!("<{recipient}>: recipient refused by policy"),
+            );
+        }
+        Verdict::Continue
+    }
+}
+
+/// The `block = [...]` list of a configuration.
+pub fn blocked(config: &str) -> Result<Vec<String>, String> {
+    let mut list = Vec::new();
+    for line in config.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("block") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let Some(items) = rest.strip_prefix('=').map(str::trim) else {
+            return Err(format!(
+                "cannot read {line:?}: expected block = [\"address\", ...]"
+            ));
+        };
+        let inner = items
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .ok_or_else(|| format!("cannot read {line:?}: expected a list"))?;
+        for item in inner.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let address = item
+                .strip_prefix('"')
+                .and_then(|i| i.strip_suffix('"'))
+                .ok_or_else(|| format!("cannot read {item:?}: expected a quoted address"))?;
+            list.push(address.to_ascii_lowercase());
+        }
+    }
+    Ok(list)
+}
+
+export_plugin!(BlockRecipients);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_list_is_read_from_the_config() {
+        assert_eq!(
+            blocked("block = [\"A@x.test\", \"b@y.test\"]").unwrap(),
+            ["a@x.test", "b@y.test"]
+        );
+        assert!(blocked("block = nonsense").is_err());
+        assert!(blocked("").unwrap().is_empty());
+    }
+}
