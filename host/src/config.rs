@@ -43,6 +43,49 @@ pub struct Config {
     /// Send connectors: where mail for each recipient domain goes.
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Where plugins are and what happens when one fails.
+    pub plugins: PluginsConfig,
+}
+
+/// The plugin directory and the failure policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of `NAME.wasm` components (and optional `NAME.toml`).
+    pub dir: PathBuf,
+    /// What a chain does when a plugin traps, overruns its deadline or
+    /// breaks its limits.
+    pub on_error: OnError,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("./plugins"),
+            on_error: OnError::Tempfail,
+        }
+    }
+}
+
+/// The answer when a plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 451 4.3.0: the client retries later (nothing slips through).
+    #[default]
+    Tempfail,
+    /// Skip the failed plugin and go on with the chain.
+    Continue,
+}
+
+/// The chains of plugins a listener runs, per hook, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Chains {
+    /// At MAIL FROM.
+    pub mail_from: Vec<String>,
+    /// At each RCPT TO.
+    pub rcpt: Vec<String>,
 }
 
 /// The queue manager: retries, expiry, concurrency, timeouts.
@@ -197,6 +240,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "queue",
     "dns",
     "route",
+    "plugins",
 ];
 
 /// Spool tuning. The durability guarantee does not depend on these.
@@ -272,6 +316,8 @@ pub struct ListenerConfig {
     /// rejected (the early-talker check of Postfix's postscreen).
     #[serde(with = "humantime_serde")]
     pub greeting_delay: Duration,
+    /// Plugins run at each hook.
+    pub chains: Chains,
 }
 
 impl Default for ListenerConfig {
@@ -300,6 +346,7 @@ impl Default for ListenerConfig {
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
             greeting_delay: Duration::ZERO,
+            chains: Chains::default(),
         }
     }
 }
@@ -315,6 +362,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             dns: DnsConfig::default(),
             routes: vec![RouteConfig::default()],
+            plugins: PluginsConfig::default(),
         }
     }
 }

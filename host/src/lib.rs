@@ -7,6 +7,8 @@
 //! - [`listener`]: receive connectors; accept, connection limits, TLS.
 //! - [`smtp`]: one SMTP session per connection; builds the envelope and
 //!   the message and hands them to the queue.
+//! - [`plugins`]: WebAssembly plugins (wasmtime) run in each listener's
+//!   chains at the hooks of a transaction.
 //! - [`queue`]: the durable spool (a message is acknowledged only once it
 //!   is on disk and fsynced) and the queue manager (retries, expiry,
 //!   bounces, concurrency).
@@ -17,7 +19,7 @@
 //! [`shutdown`] is the one stop signal every task watches; [`cli`] is the
 //! command line.
 //!
-//! Plugins (`plugins`), authentication (`auth`),
+//! Authentication (`auth`),
 //! shared state (`state`) and the admin API (`admin`) join this list as
 //! they are built; `docs/DESIGN.md` is the map.
 //!
@@ -30,6 +32,7 @@ pub mod config;
 pub mod delivery;
 pub mod listener;
 mod plugin_contract;
+pub mod plugins;
 pub mod queue;
 pub mod server;
 pub mod shutdown;

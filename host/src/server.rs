@@ -38,6 +38,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         done_tx.clone(),
     );
+    // Plugins: loaded (compiled) once, before anything is accepted.
+    let chains: Vec<&[String]> = config
+        .listeners
+        .iter()
+        .flat_map(|l| [&l.chains.mail_from[..], &l.chains.rcpt[..]])
+        .collect();
+    let plugins = if chains.iter().any(|c| !c.is_empty()) {
+        Some(Arc::new(crate::plugins::Runtime::load(
+            &config.plugins,
+            &chains,
+        )?))
+    } else {
+        None
+    };
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(ListenerContext {
@@ -48,6 +62,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|| config.hostname.clone()),
             spool: spool.clone(),
             queue: queue.clone(),
+            plugins: plugins.clone(),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }

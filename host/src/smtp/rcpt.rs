@@ -48,6 +48,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tracing::info!(peer = %self.peer, rcpt = %address, "relay access denied");
             return self.error(Reply::relay_denied(&address));
         }
+        // The listener's plugins, once the gateway's own checks pass.
+        let chain = self.ctx.clone();
+        let env = self.plugin_envelope();
+        let conn = self.plugin_connection();
+        let call = |p: &crate::plugins::host_bindings::Plugin,
+                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
+            p.call_on_rcpt(s, &conn, &env, &address)
+        };
+        if let Some(step) =
+            self.run_chain(&chain.config.chains.rcpt, crate::plugins::Hook::Rcpt, &call)
+        {
+            return step;
+        }
         let notify = NotifyFlags {
             success: to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
             failure: to.flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,

@@ -28,6 +28,8 @@ pub struct ListenerContext {
     pub spool: Spool,
     /// Who delivers them.
     pub queue: QueueHandle,
+    /// The plugin runtime, if any of this listener's chains is set.
+    pub plugins: Option<Arc<crate::plugins::Runtime>>,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
@@ -298,6 +300,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.conn.reply(&Reply::ready_for_tls());
         Step::StartTls
+    }
+
+    /// What the plugins see of the connection.
+    pub(super) fn plugin_connection(&self) -> crate::plugins::Connection {
+        crate::plugins::Connection {
+            client_ip: self.peer.ip().to_string(),
+            client_port: self.peer.port(),
+            listener: self.ctx.config.name.clone(),
+            helo: self.helo.clone(),
+            tls: self.tls.as_ref().map(|t| crate::plugins::TlsInfo {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+            }),
+            authenticated_user: None,
+        }
+    }
+
+    /// What the plugins see of the envelope.
+    pub(super) fn plugin_envelope(&self) -> crate::plugins::Envelope {
+        crate::plugins::Envelope {
+            queue_id: self.txn.as_ref().map(|t| t.id.to_string()),
+            sender: self.txn.as_ref().map(|t| t.sender.clone()),
+            recipients: self
+                .txn
+                .as_ref()
+                .map(|t| t.recipients.iter().map(|r| r.address.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs a plugin chain; `None` means go on, `Some` is the step to take.
+    pub(super) fn run_chain(
+        &mut self,
+        chain: &[String],
+        hook: crate::plugins::Hook,
+        call: &crate::plugins::Call<'_>,
+    ) -> Option<Step> {
+        if chain.is_empty() {
+            return None;
+        }
+        let runtime = self.ctx.plugins.clone()?;
+        // Plugin calls are synchronous (bounded by their deadline), and
+        // WASI's synchronous streams block on the runtime: keep them off the
+        // async worker.
+        let outcome = tokio::task::block_in_place(|| runtime.run(chain, hook, call));
+        match outcome {
+            crate::plugins::Outcome::Continue => None,
+            crate::plugins::Outcome::Refuse(reply) => Some(self.error(reply)),
+            crate::plugins::Outcome::Disconnect(reply) => {
+                self.conn.reply(&reply);
+                Some(Step::Close)
+            }
+        }
     }
 
     /// The timeout for reading message data.
