@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
+
 use crate::harness::{Gateway, PATIENCE, listener, spooled};
 
 const CLIENTS: usize = 6;
@@ -30,17 +33,12 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// xorshift64*, seeded per run and printed, so a failure can be replayed.
-struct Rng(u64);
+/// A generator seeded per run (the seed is printed), so a failure can be
+/// replayed.
+struct Rng(StdRng);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
+        self.0.random_range(lo..hi)
     }
 }
 
@@ -122,7 +120,7 @@ fn every_acknowledged_message_survives_sigkill() {
         .as_nanos() as u64
         | 1;
     println!("crash test seed: {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng(StdRng::seed_from_u64(seed));
     let config = listener("in", "");
     let mut gw = Gateway::start(&config);
     let shared = Arc::new(Shared {
@@ -136,7 +134,7 @@ fn every_acknowledged_message_survives_sigkill() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let shared = shared.clone();
-            let mut rng = Rng(seed.wrapping_add(client as u64 * 7919) | 1);
+            let mut rng = Rng(StdRng::seed_from_u64(seed.wrapping_add(client as u64)));
             std::thread::spawn(move || {
                 let mut seq = 0;
                 while !shared.stop.load(Ordering::Relaxed) {

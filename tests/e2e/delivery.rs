@@ -55,6 +55,21 @@ fn refusing_all_but_the_sender(reply: &'static str) -> Sink {
     })
 }
 
+/// A sink that answers `reply` to recipients whose address starts with
+/// "bad", and takes everything else.
+fn refusing_bad(reply: &'static str) -> Sink {
+    Sink::start(SinkOptions {
+        rcpt: Arc::new(move |a| {
+            if a.starts_with("bad") {
+                reply.into()
+            } else {
+                "250 2.1.5 ok".into()
+            }
+        }),
+        ..Default::default()
+    })
+}
+
 /// A gateway that delivers by MX through `dns`, to the sink's port.
 fn mx_gateway(dns: &TestDns, sink: &Sink, queue: &str) -> Gateway {
     Gateway::start(&format!(
@@ -222,16 +237,7 @@ fn a_transient_failure_is_retried_and_delivered() {
 #[test]
 fn a_permanent_failure_gives_exactly_one_dsn() {
     let dns = dns();
-    let sink = Sink::start(SinkOptions {
-        rcpt: Arc::new(|a| {
-            if a.starts_with("bad") {
-                "550 5.1.1 <bad@example.test>: no such user".into()
-            } else {
-                "250 2.1.5 ok".into()
-            }
-        }),
-        ..Default::default()
-    });
+    let sink = refusing_bad("550 5.1.1 <bad@example.test>: no such user");
     let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     send(
         &gw,
@@ -356,16 +362,7 @@ fn each_recipient_gets_its_own_outcome() {
 #[test]
 fn notify_never_and_the_null_sender_get_no_dsn_but_success_does() {
     let dns = dns();
-    let sink = Sink::start(SinkOptions {
-        rcpt: Arc::new(|a| {
-            if a.starts_with("bad") {
-                "550 5.1.1 no".into()
-            } else {
-                "250 2.1.5 ok".into()
-            }
-        }),
-        ..Default::default()
-    });
+    let sink = refusing_bad("550 5.1.1 no");
     let gw = mx_gateway(&dns, &sink, FAST_RETRY);
     let mut c = Client::connect(gw.addr("in"));
     c.expect("EHLO client.test", 250);

@@ -9,23 +9,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ListenerContext, Session};
 use crate::config::ListenerConfig;
 use crate::queue::{QueueHandle, Spool};
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
+/// A seeded generator, so a failure can be replayed from its seed.
+struct Rng(StdRng);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.random()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.random_range(0..n)
     }
 }
 
@@ -114,9 +113,8 @@ async fn random_input_never_breaks_the_session() {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut rng = Rng(seed);
+        .as_nanos() as u64;
+    let mut rng = Rng(StdRng::seed_from_u64(seed));
     let (mut total_replies, mut reached_data) = (0, 0);
     for case in 0..200 {
         let bytes = input(&mut rng);
