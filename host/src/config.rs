@@ -82,6 +82,10 @@ pub enum OnError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Chains {
+    /// When a client connects, before the greeting.
+    pub connect: Vec<String>,
+    /// At EHLO/HELO.
+    pub helo: Vec<String>,
     /// At MAIL FROM.
     pub mail_from: Vec<String>,
     /// At each RCPT TO.

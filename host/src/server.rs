@@ -42,7 +42,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let chains: Vec<&[String]> = config
         .listeners
         .iter()
-        .flat_map(|l| [&l.chains.mail_from[..], &l.chains.rcpt[..]])
+        .flat_map(|l| {
+            let c = &l.chains;
+            [&c.connect[..], &c.helo[..], &c.mail_from[..], &c.rcpt[..]]
+        })
         .collect();
     let plugins = if chains.iter().any(|c| !c.is_empty()) {
         Some(Arc::new(crate::plugins::Runtime::load(

@@ -189,3 +189,42 @@ fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
     c.expect("RCPT TO:<loop@example.org>", 250);
     c.expect("RCPT TO:<no@example.org>", 550);
 }
+
+#[test]
+fn early_hooks_refuse_at_connect_helo_and_mail_from() {
+    let wasm = build(
+        "weir-plugin-example-policy",
+        "weir_plugin_example_policy.wasm",
+    );
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("policy.wasm"), &wasm).unwrap();
+    std::fs::write(
+        plugins.path().join("policy.toml"),
+        "drop_clients = [\"127.0.0.1\"]\nbad_helo = [\"friend\"]\nlater_senders = [\"slow@example.org\"]\n",
+    )
+    .unwrap();
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = \"{}\"\n{}{}",
+        plugins.path().display(),
+        listener("guarded", "chains = { connect = [\"policy\"] }"),
+        listener(
+            "in",
+            "chains = { helo = [\"policy\"], mail_from = [\"policy\"] }"
+        ),
+    ));
+    // A client the plugin drops: 554 instead of the greeting, then closed.
+    let mut dropped = Client::connect_raw(gw.addr("guarded"));
+    let r = dropped.read_reply();
+    assert_eq!((r.code, r.enhanced()), (554, "5.7.1"), "{r:?}");
+    dropped.expect_closed();
+    // A HELO name the plugin refuses gets 550.
+    let mut c = Client::connect(gw.addr("in"));
+    let r = c.expect("EHLO friend", 550);
+    assert!(r.text().contains("HELO friend"), "{r:?}");
+    // Refused, the client has not said hello yet.
+    c.expect("MAIL FROM:<a@example.org>", 503);
+    c.expect("EHLO client.test", 250);
+    let r = c.expect("MAIL FROM:<slow@example.org>", 451);
+    assert_eq!(r.enhanced(), "4.7.1");
+    c.expect("MAIL FROM:<quick@example.org>", 250);
+}

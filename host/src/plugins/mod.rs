@@ -15,8 +15,8 @@
 //!
 //! Never: touches a socket or a file on behalf of a plugin.
 //!
-//! This is the first slice of the runtime: envelope hooks (mail-from,
-//! rcpt) with the log and config imports. DNS and state calls answer
+//! This is the first slice of the runtime: the envelope hooks (connect,
+//! helo, mail-from, rcpt) with the log and config imports. DNS and state calls answer
 //! `denied`, the message resource and the data hooks, reload, grants,
 //! `weir plugin test` and the compiled-artifact cache are still to come.
 

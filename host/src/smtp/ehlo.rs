@@ -19,7 +19,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }));
         }
         self.txn = None;
-        self.helo = Some(host);
+        let previous = self.helo.replace(host);
+        let ctx = self.ctx.clone();
+        let conn = self.plugin_connection();
+        let call = |p: &crate::plugins::host_bindings::Plugin,
+                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
+            p.call_on_helo(s, &conn)
+        };
+        if let Some(step) =
+            self.run_chain(&ctx.config.chains.helo, crate::plugins::Hook::Helo, &call)
+        {
+            // Refused: the client has not said hello.
+            self.helo = previous;
+            return step;
+        }
         self.esmtp = extended;
         if !extended {
             let hello = Reply::plain(250, Cow::Owned(self.host().to_string()));

@@ -161,6 +161,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.conn.reply(&Reply::sync_error());
             return false;
         }
+        // The connect chain may refuse the client instead of greeting it
+        // (RFC 5321 3.1: 554, or 421 for "not now"), then the connection
+        // is closed.
+        let ctx = self.ctx.clone();
+        let conn = self.plugin_connection();
+        let call = |p: &crate::plugins::host_bindings::Plugin,
+                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
+            p.call_on_connect(s, &conn)
+        };
+        if !ctx.config.chains.connect.is_empty()
+            && let Some(runtime) = ctx.plugins.as_ref()
+        {
+            let chain = &ctx.config.chains.connect;
+            let outcome = tokio::task::block_in_place(|| {
+                runtime.run(chain, crate::plugins::Hook::Connect, &call)
+            });
+            match outcome {
+                crate::plugins::Outcome::Continue => {}
+                crate::plugins::Outcome::Refuse(mut reply)
+                | crate::plugins::Outcome::Disconnect(mut reply) => {
+                    reply.code = if reply.code < 500 { 421 } else { 554 };
+                    tracing::info!(peer = %self.peer, code = reply.code, "refused at connect by a plugin");
+                    self.conn.reply(&reply);
+                    return false;
+                }
+            }
+        }
         let greeting = Reply::greeting(self.host());
         self.conn.reply(&greeting);
         true

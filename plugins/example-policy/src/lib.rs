@@ -1,0 +1,92 @@
+//! An example of policy at the early hooks, from the plugin's config:
+//!
+//! ```toml
+//! drop_clients = ["192.0.2.7"]          # connect: 554 5.7.1, then close
+//! bad_helo = ["localhost", "friend"]    # HELO/EHLO: 550 5.7.1
+//! later_senders = ["slow@example.org"]  # MAIL FROM: 451 4.7.1 (try later)
+//! ```
+
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use weir_plugin_sdk::{
+    Connection, Envelope, Hook, Plugin, Reply, Verdict, config, export_plugin, log,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Policy {
+    drop_clients: Vec<String>,
+    bad_helo: Vec<String>,
+    later_senders: Vec<String>,
+}
+
+static POLICY: OnceLock<Policy> = OnceLock::new();
+
+fn parse(text: &str) -> Result<Policy, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+fn policy() -> &'static Policy {
+    POLICY.get_or_init(|| parse(&config::get()).unwrap_or_default())
+}
+
+struct ExamplePolicy;
+
+impl Plugin for ExamplePolicy {
+    const HOOKS: &'static [Hook] = &[Hook::Connect, Hook::Helo, Hook::MailFrom];
+
+    fn init(text: &str) -> Result<(), String> {
+        let policy = parse(text)?;
+        let _ = POLICY.set(policy);
+        Ok(())
+    }
+
+    fn on_connect(conn: Connection) -> Verdict {
+        if policy().drop_clients.contains(&conn.client_ip) {
+            log::log(log::Level::Info, &format!("dropping {}", conn.client_ip));
+            return Reply::disconnect(554, "5.7.1", "Your address is not welcome here");
+        }
+        Verdict::Continue
+    }
+
+    fn on_helo(conn: Connection) -> Verdict {
+        let helo = conn.helo.unwrap_or_default().to_ascii_lowercase();
+        if policy()
+            .bad_helo
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&helo))
+        {
+            return Reply::reject(
+                550,
+                "5.7.1",
+                &format!("HELO {helo} is not a name you can have"),
+            );
+        }
+        Verdict::Continue
+    }
+
+    fn on_mail_from(_conn: Connection, env: Envelope) -> Verdict {
+        let sender = env.sender.unwrap_or_default().to_ascii_lowercase();
+        if policy()
+            .later_senders
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&sender))
+        {
+            return Reply::tempfail(451, "4.7.1", "Not now, try again later");
+        }
+        Verdict::Continue
+    }
+}
+
+export_plugin!(ExamplePolicy);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_policy_is_read_from_toml_and_unknown_keys_are_refused() {
+        let p = super::parse("bad_helo = [\"friend\"]").unwrap();
+        assert_eq!(p.bad_helo, ["friend"]);
+        assert!(super::parse("bad_hello = []").is_err());
+    }
+}
