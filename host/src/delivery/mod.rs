@@ -277,18 +277,6 @@ impl Delivery {
             let Some(job) = jobs.next(idle, &mut shutdown).await else {
                 break;
             };
-            let message = match self.spool.read(job.location).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(queue_id = %job.id, error = %e, "cannot read a queued message");
-                    report(
-                        &events,
-                        &job,
-                        RcptOutcome::Temporary(format!("451 4.3.0 cannot read queue file: {e}")),
-                    );
-                    continue;
-                }
-            };
             if conn.is_none() {
                 match self.connect(&hop).await {
                     Ok(c) => conn = Some(c),
@@ -311,6 +299,18 @@ impl Delivery {
                     }
                 }
             }
+            let message = match self.spool.read(job.location).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(queue_id = %job.id, error = %e, "cannot read a queued message");
+                    report(
+                        &events,
+                        &job,
+                        RcptOutcome::Temporary(format!("451 4.3.0 cannot read queue file: {e}")),
+                    );
+                    continue;
+                }
+            };
             let c = conn.as_mut().expect("connected above");
             let outcomes = match c.send(&job.envelope, &job.rcpts, &message).await {
                 Ok(o) => o,

@@ -114,7 +114,6 @@ struct Ready {
 
 /// The loaded plugins and the chains that use them.
 pub struct Runtime {
-    engine: Engine,
     plugins: HashMap<String, Arc<Plugin>>,
     on_error: OnError,
     _ticker: Ticker,
@@ -187,7 +186,6 @@ impl Runtime {
             plugins.insert(name.clone(), Arc::new(plugin));
         }
         Ok(Runtime {
-            engine,
             plugins,
             on_error: config.on_error,
             _ticker: Ticker(stop),
@@ -204,7 +202,7 @@ impl Runtime {
             if !plugin.hooks.contains(&hook) {
                 continue;
             }
-            let verdict = match plugin.call(&self.engine, call) {
+            let verdict = match plugin.call(call) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(plugin = %name, hook = ?hook, error = %e, "plugin failed; on_error applies");
@@ -238,7 +236,7 @@ impl Runtime {
 /// A plugin's reply, made safe to send: the code kept in the verdict's
 /// class, the enhanced code checked, the text on one printable line.
 fn to_reply(plugin: &str, r: PluginReply, class: u16) -> Reply {
-    let code = if r.code / 100 == class && r.code % 100 < 100 {
+    let code = if r.code / 100 == class {
         r.code
     } else {
         class * 100 + 50
@@ -306,7 +304,7 @@ fn load_one(
         pool: Mutex::new(Vec::new()),
     };
     // One instance now: it checks the configuration and names the hooks.
-    let mut ready = plugin.instantiate(engine).map_err(|e| match e {
+    let mut ready = plugin.instantiate().map_err(|e| match e {
         InitError::Refused(reason) => PluginError::Refused {
             name: name.into(),
             reason,
@@ -334,7 +332,7 @@ fn ticks(d: Duration) -> u64 {
 
 impl Plugin {
     /// A new instance in its own store, given `init`.
-    fn instantiate(&self, _engine: &Engine) -> Result<Ready, InitError> {
+    fn instantiate(&self) -> Result<Ready, InitError> {
         let state = HostState {
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -355,11 +353,11 @@ impl Plugin {
 
     /// Calls into a pooled (or new) instance under the deadline; an instance
     /// that failed is dropped, not returned to the pool.
-    fn call(&self, engine: &Engine, call: &Call<'_>) -> Result<Verdict, String> {
+    fn call(&self, call: &Call<'_>) -> Result<Verdict, String> {
         let ready = self.pool.lock().expect("pool poisoned").pop();
         let mut ready = match ready {
             Some(r) => r,
-            None => self.instantiate(engine).map_err(|e| match e {
+            None => self.instantiate().map_err(|e| match e {
                 InitError::Refused(r) => format!("init refused: {r}"),
                 InitError::Trap(e) => format!("{e:#}"),
             })?,

@@ -141,7 +141,9 @@ pub fn start(
         shutdown: shutdown.clone(),
     };
     for m in recovered {
+        let id = m.envelope.id;
         manager.add(m);
+        manager.due.insert((0, id));
     }
     let mut stop = shutdown;
     tokio::spawn(async move {
@@ -207,7 +209,6 @@ impl Manager {
                 moving: false,
             },
         );
-        self.due.insert((0, id));
     }
 
     fn handle(&mut self, event: Event) {
@@ -215,8 +216,9 @@ impl Manager {
             Event::New(m) => {
                 let id = m.envelope.id;
                 self.add(*m);
-                if !self.config.paused && !self.stopping {
-                    self.due.remove(&(0, id));
+                if self.config.paused || self.stopping {
+                    self.due.insert((0, id));
+                } else {
                     self.dispatch(id, now_ms());
                 }
             }

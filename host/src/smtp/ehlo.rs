@@ -20,15 +20,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.txn = None;
         let previous = self.helo.replace(host);
-        let ctx = self.ctx.clone();
-        let conn = self.plugin_connection();
         let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
-            p.call_on_helo(s, &conn)
-        };
-        if let Some(step) =
-            self.run_chain(&ctx.config.chains.helo, crate::plugins::Hook::Helo, &call)
-        {
+                    s: &mut wasmtime::Store<crate::plugins::HostState>,
+                    conn: &crate::plugins::Connection,
+                    _: &crate::plugins::Envelope| p.call_on_helo(s, conn);
+        if let Some(step) = self.run_chain(crate::plugins::Hook::Helo, &call) {
             // Refused: the client has not said hello.
             self.helo = previous;
             return step;

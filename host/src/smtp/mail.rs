@@ -65,24 +65,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             BodyType::SevenBit
         };
         let id = self.ctx.spool.next_id();
-        let ctx = self.ctx.clone();
-        let conn = self.plugin_connection();
-        let env = crate::plugins::Envelope {
-            queue_id: Some(id.to_string()),
-            sender: Some(from.address.clone()),
-            recipients: Vec::new(),
-        };
-        let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
-            p.call_on_mail_from(s, &conn, &env)
-        };
-        if let Some(step) = self.run_chain(
-            &ctx.config.chains.mail_from,
-            crate::plugins::Hook::MailFrom,
-            &call,
-        ) {
-            return step;
-        }
         tracing::debug!(peer = %self.peer, queue_id = %id, sender = %from.address, "MAIL");
         self.txn = Some(Transaction {
             id,
@@ -94,6 +76,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             smtputf8,
             chunks: None,
         });
+        let call =
+            |p: &crate::plugins::host_bindings::Plugin,
+             s: &mut wasmtime::Store<crate::plugins::HostState>,
+             conn: &crate::plugins::Connection,
+             env: &crate::plugins::Envelope| p.call_on_mail_from(s, conn, env);
+        if let Some(step) = self.run_chain(crate::plugins::Hook::MailFrom, &call) {
+            // Refused: no transaction is open.
+            self.txn = None;
+            return step;
+        }
         self.respond(Reply::sender_ok())
     }
 }

@@ -49,16 +49,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(Reply::relay_denied(&address));
         }
         // The listener's plugins, once the gateway's own checks pass.
-        let chain = self.ctx.clone();
-        let env = self.plugin_envelope();
-        let conn = self.plugin_connection();
-        let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
-            p.call_on_rcpt(s, &conn, &env, &address)
-        };
-        if let Some(step) =
-            self.run_chain(&chain.config.chains.rcpt, crate::plugins::Hook::Rcpt, &call)
-        {
+        let call =
+            |p: &crate::plugins::host_bindings::Plugin,
+             s: &mut wasmtime::Store<crate::plugins::HostState>,
+             conn: &crate::plugins::Connection,
+             env: &crate::plugins::Envelope| { p.call_on_rcpt(s, conn, env, &address) };
+        if let Some(step) = self.run_chain(crate::plugins::Hook::Rcpt, &call) {
             return step;
         }
         let notify = NotifyFlags {

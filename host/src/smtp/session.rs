@@ -46,6 +46,15 @@ pub(super) struct Transaction {
     pub chunks: Option<Vec<u8>>,
 }
 
+/// One hook's export, called with the plugins' view of the session.
+pub(super) type HookCall<'a> = dyn Fn(
+        &crate::plugins::host_bindings::Plugin,
+        &mut wasmtime::Store<crate::plugins::HostState>,
+        &crate::plugins::Connection,
+        &crate::plugins::Envelope,
+    ) -> wasmtime::Result<crate::plugins::Verdict>
+    + 'a;
+
 /// How a session ended.
 pub enum Outcome<S> {
     /// The connection is finished.
@@ -164,28 +173,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The connect chain may refuse the client instead of greeting it
         // (RFC 5321 3.1: 554, or 421 for "not now"), then the connection
         // is closed.
-        let ctx = self.ctx.clone();
-        let conn = self.plugin_connection();
-        let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
-            p.call_on_connect(s, &conn)
-        };
-        if !ctx.config.chains.connect.is_empty()
-            && let Some(runtime) = ctx.plugins.as_ref()
-        {
-            let chain = &ctx.config.chains.connect;
-            let outcome = tokio::task::block_in_place(|| {
-                runtime.run(chain, crate::plugins::Hook::Connect, &call)
-            });
-            match outcome {
-                crate::plugins::Outcome::Continue => {}
+        let connect =
+            |p: &crate::plugins::host_bindings::Plugin,
+             s: &mut wasmtime::Store<crate::plugins::HostState>,
+             conn: &crate::plugins::Connection,
+             _: &crate::plugins::Envelope| p.call_on_connect(s, conn);
+        match self.chain_outcome(crate::plugins::Hook::Connect, &connect) {
+            None | Some(crate::plugins::Outcome::Continue) => {}
+            Some(
                 crate::plugins::Outcome::Refuse(mut reply)
-                | crate::plugins::Outcome::Disconnect(mut reply) => {
-                    reply.code = if reply.code < 500 { 421 } else { 554 };
-                    tracing::info!(peer = %self.peer, code = reply.code, "refused at connect by a plugin");
-                    self.conn.reply(&reply);
-                    return false;
-                }
+                | crate::plugins::Outcome::Disconnect(mut reply),
+            ) => {
+                reply.code = if reply.code < 500 { 421 } else { 554 };
+                tracing::info!(peer = %self.peer, code = reply.code, "refused at connect by a plugin");
+                self.conn.reply(&reply);
+                return false;
             }
         }
         let greeting = Reply::greeting(self.host());
@@ -357,22 +359,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Runs a plugin chain; `None` means go on, `Some` is the step to take.
-    pub(super) fn run_chain(
-        &mut self,
-        chain: &[String],
+    /// Runs this listener's chain for `hook`; `None` when it has none. The
+    /// plugins' view of the session (strings, the recipient list) is built
+    /// only then: without plugins, a hook costs nothing.
+    pub(super) fn chain_outcome(
+        &self,
         hook: crate::plugins::Hook,
-        call: &crate::plugins::Call<'_>,
-    ) -> Option<Step> {
+        call: &HookCall<'_>,
+    ) -> Option<crate::plugins::Outcome> {
+        use crate::plugins::Hook;
+        let chains = &self.ctx.config.chains;
+        let chain = match hook {
+            Hook::Connect => &chains.connect,
+            Hook::Helo => &chains.helo,
+            Hook::MailFrom => &chains.mail_from,
+            Hook::Rcpt => &chains.rcpt,
+            _ => return None,
+        };
         if chain.is_empty() {
             return None;
         }
-        let runtime = self.ctx.plugins.clone()?;
+        let runtime = self.ctx.plugins.as_ref()?;
+        let conn = self.plugin_connection();
+        let env = self.plugin_envelope();
+        let call = |p: &crate::plugins::host_bindings::Plugin,
+                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
+            call(p, s, &conn, &env)
+        };
         // Plugin calls are synchronous (bounded by their deadline), and
         // WASI's synchronous streams block on the runtime: keep them off the
         // async worker.
-        let outcome = tokio::task::block_in_place(|| runtime.run(chain, hook, call));
-        match outcome {
+        Some(tokio::task::block_in_place(|| {
+            runtime.run(chain, hook, &call)
+        }))
+    }
+
+    /// Runs the chain for a command's hook; `None` means go on, `Some` is
+    /// the step to take.
+    pub(super) fn run_chain(
+        &mut self,
+        hook: crate::plugins::Hook,
+        call: &HookCall<'_>,
+    ) -> Option<Step> {
+        match self.chain_outcome(hook, call)? {
             crate::plugins::Outcome::Continue => None,
             crate::plugins::Outcome::Refuse(reply) => Some(self.error(reply)),
             crate::plugins::Outcome::Disconnect(reply) => {
