@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::queue::spool;
 
+mod plugins;
+
 /// Exit status for a bad configuration or command line (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
 
@@ -38,6 +40,16 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// The plugins the configuration loads, and reloading them.
+    Plugins {
+        #[command(subcommand)]
+        command: plugins::PluginsCommand,
+    },
+    /// Plugin authors' tools.
+    Plugin {
+        #[command(subcommand)]
+        command: plugins::PluginCommand,
     },
 }
 
@@ -69,11 +81,18 @@ enum QueueCommand {
 /// Runs the command line; returns the process exit status.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    // A plugin test needs no gateway configuration.
+    let cli = match cli.command {
+        Command::Plugin { command } => return plugins::plugin(command),
+        command => Cli { command },
+    };
     let config_path = match &cli.command {
         Command::Serve { config } | Command::CheckConfig { config } => config,
         Command::Queue {
             command: QueueCommand::Ls { config, .. } | QueueCommand::Cat { config, .. },
         } => config,
+        Command::Plugins { command } => command.config_file(),
+        Command::Plugin { .. } => unreachable!("handled above"),
     };
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -88,8 +107,10 @@ pub fn run() -> ExitCode {
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Serve { .. } => serve(config),
+        Command::Serve { config: file } => serve(config, file),
         Command::Queue { command } => queue(&config, command),
+        Command::Plugins { command } => plugins::plugins(&config, command),
+        Command::Plugin { .. } => unreachable!("handled before the configuration is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,11 +121,11 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(crate::server::serve(config))
+    runtime.block_on(crate::server::serve(config, file))
 }
 
 fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
@@ -173,7 +194,7 @@ fn describe(state: &crate::queue::RcptState) -> String {
     }
 }
 
-fn init_logging(level: &str) {
+pub(crate) fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -47,15 +47,25 @@ pub struct Config {
     pub plugins: PluginsConfig,
 }
 
-/// The plugin directory and the failure policy.
+/// The plugin directory, the failure policy and each plugin's grants and
+/// limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Directory of `NAME.wasm` components (and optional `NAME.toml`).
     pub dir: PathBuf,
     /// What a chain does when a plugin traps, overruns its deadline or
-    /// breaks its limits.
+    /// breaks its limits (a chain entry may override it).
     pub on_error: OnError,
+    /// Reload the plugins when a file in `dir` changes.
+    pub watch: bool,
+    /// How often the directory is looked at when `watch` is on.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// Compiled components are kept here (default: `DATA_DIR/plugin-cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// Per plugin (by name): what it may use and its limits.
+    pub settings: std::collections::BTreeMap<String, PluginSettings>,
 }
 
 impl Default for PluginsConfig {
@@ -63,12 +73,70 @@ impl Default for PluginsConfig {
         PluginsConfig {
             dir: PathBuf::from("./plugins"),
             on_error: OnError::Tempfail,
+            watch: true,
+            watch_interval: Duration::from_secs(1),
+            cache_dir: None,
+            settings: Default::default(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The settings of plugin `name` (the defaults if it has none).
+    pub fn settings_of(&self, name: &str) -> PluginSettings {
+        self.settings.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// A capability a plugin may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// DNS lookups through the gateway's resolver.
+    Dns,
+    /// Counters and values in the `state` store.
+    State,
+    /// Reading the message body (`raw`, `part-bytes`).
+    Body,
+    /// Changing the message or the envelope (mutations).
+    Modify,
+}
+
+/// One plugin's grants and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginSettings {
+    /// Capabilities beyond log and config (none by default).
+    pub grants: Vec<Grant>,
+    /// Deadline of a call at connect, helo, mail-from and rcpt.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Deadline of a call at data, pre-delivery and delivery-result.
+    #[serde(with = "humantime_serde")]
+    pub data_deadline: Duration,
+    /// Memory one instance may use.
+    pub memory_limit: ByteSize,
+    /// Ready instances kept for reuse.
+    pub instances: usize,
+    /// Configuration merged over `NAME.toml` (key by key).
+    pub config: toml::Table,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            grants: Vec::new(),
+            deadline: Duration::from_millis(100),
+            data_deadline: Duration::from_secs(1),
+            memory_limit: ByteSize::mib(64),
+            instances: 16,
+            config: toml::Table::new(),
         }
     }
 }
 
 /// The answer when a plugin fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// 451 4.3.0: the client retries later (nothing slips through).
@@ -78,18 +146,96 @@ pub enum OnError {
     Continue,
 }
 
+/// One plugin in a chain: its name, or a table with a configuration of its
+/// own for this chain and an `on_error` of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChainEntry {
+    /// `"name"`.
+    Name(String),
+    /// `{ plugin = "name", config = { ... }, on_error = "continue" }`.
+    Table(ChainEntryTable),
+}
+
+/// The table form of a chain entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainEntryTable {
+    /// The plugin's name (`NAME.wasm`).
+    pub plugin: String,
+    /// Configuration merged over the plugin's own, for this entry only.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Overrides `plugins.on_error` for this entry.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+impl ChainEntry {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        match self {
+            ChainEntry::Name(n) => n,
+            ChainEntry::Table(t) => &t.plugin,
+        }
+    }
+
+    /// The entry's own configuration table, if any.
+    pub fn config(&self) -> Option<&toml::Table> {
+        match self {
+            ChainEntry::Name(_) => None,
+            ChainEntry::Table(t) => Some(&t.config).filter(|c| !c.is_empty()),
+        }
+    }
+
+    /// The entry's failure policy, if it overrides the default.
+    pub fn on_error(&self) -> Option<OnError> {
+        match self {
+            ChainEntry::Name(_) => None,
+            ChainEntry::Table(t) => t.on_error,
+        }
+    }
+}
+
+impl From<&str> for ChainEntry {
+    fn from(name: &str) -> Self {
+        ChainEntry::Name(name.to_string())
+    }
+}
+
 /// The chains of plugins a listener runs, per hook, in order.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Chains {
     /// When a client connects, before the greeting.
-    pub connect: Vec<String>,
+    pub connect: Vec<ChainEntry>,
     /// At EHLO/HELO.
-    pub helo: Vec<String>,
+    pub helo: Vec<ChainEntry>,
     /// At MAIL FROM.
-    pub mail_from: Vec<String>,
+    pub mail_from: Vec<ChainEntry>,
     /// At each RCPT TO.
-    pub rcpt: Vec<String>,
+    pub rcpt: Vec<ChainEntry>,
+    /// After the message, before the final reply.
+    pub data: Vec<ChainEntry>,
+    /// Before each delivery attempt of a message received here.
+    pub pre_delivery: Vec<ChainEntry>,
+    /// After each delivery attempt (notification only).
+    pub delivery_result: Vec<ChainEntry>,
+}
+
+impl Chains {
+    /// Every chain with its hook's name, in transaction order.
+    pub fn all(&self) -> [(&'static str, &[ChainEntry]); 7] {
+        [
+            ("connect", &self.connect),
+            ("helo", &self.helo),
+            ("mail_from", &self.mail_from),
+            ("rcpt", &self.rcpt),
+            ("data", &self.data),
+            ("pre_delivery", &self.pre_delivery),
+            ("delivery_result", &self.delivery_result),
+        ]
+    }
 }
 
 /// The queue manager: retries, expiry, concurrency, timeouts.
@@ -663,12 +809,21 @@ mod tests {
         l.banner_hostname = Some("x".into());
         l.tls_cert = Some("c".into());
         l.tls_key = Some("k".into());
+        config
+            .plugins
+            .settings
+            .insert("p".into(), PluginSettings::default());
+        config.plugins.cache_dir = Some("c".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut all = Vec::new();
         keys(&value, "", &mut all);
         all.sort();
         all.dedup();
         let docs = include_str!("../../docs/config.md");
+        let all: Vec<String> = all
+            .into_iter()
+            .map(|k| k.replace("plugins.settings.p.", "plugins.settings.NAME."))
+            .collect();
         let missing: Vec<_> = all
             .iter()
             .filter(|k| !docs.contains(&format!("`{k}`")))

@@ -1,17 +1,25 @@
-//! `weir serve`: opens the spool, starts the queue manager on what it
-//! recovered, binds every listener, runs until SIGTERM or SIGINT, then
-//! stops accepting and lets sessions finish their current command and
-//! deliveries in flight finish (up to a deadline) before exiting; what is
-//! not delivered stays in the spool.
+//! `weir serve`: opens the spool, loads the plugins, starts the queue
+//! manager on what it recovered, binds every listener, runs until SIGTERM
+//! or SIGINT, then stops accepting and lets sessions finish their current
+//! command and deliveries in flight finish (up to a deadline) before
+//! exiting; what is not delivered stays in the spool.
+//!
+//! SIGHUP (sent by `weir plugins reload`) and, with `plugins.watch`, a
+//! change in the plugin directory reload the plugins and the chains: the
+//! configuration file is read again, the plugins are loaded beside the
+//! serving ones, and the new set serves new sessions only if every plugin
+//! loaded. Other settings need a restart.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::listener::Listener;
+use crate::plugins::Runtime;
 use crate::queue::{Spool, manager};
 use crate::shutdown;
 use crate::smtp::ListenerContext;
@@ -19,18 +27,47 @@ use crate::smtp::ListenerContext;
 /// How long sessions get to finish once shutdown starts.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Runs the gateway until a signal arrives.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// The file holding the running gateway's process id, in the data
+/// directory (for `weir plugins reload`).
+pub const PID_FILE: &str = "weir.pid";
+
+/// Where compiled plugins are kept.
+pub fn cache_dir(config: &Config) -> PathBuf {
+    config
+        .plugins
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("plugin-cache"))
+}
+
+/// Runs the gateway until a signal arrives. `config_file` is read again on
+/// reload.
+pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let (spool, recovered) = Spool::open(&config.data_dir, config.spool.segment_size.as_u64())?;
     tracing::info!(
         spool = %spool.dir().display(),
         messages = recovered.len(),
         "spool opened"
     );
+    // The spool's lock is held: this is the only gateway on this directory.
+    let pid_file = config.data_dir.join(PID_FILE);
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
 
     let (trigger, shutdown) = shutdown::channel();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let delivery = Arc::new(Delivery::new(&config, spool.clone())?);
+    // Plugins: loaded (compiled, or taken from the cache) before anything
+    // is accepted or delivered.
+    let plugins = Arc::new(Runtime::new(
+        &config.plugins,
+        crate::plugins::Services {
+            resolver: Some(delivery.resolver().clone()),
+            state: Default::default(),
+        },
+        Some(cache_dir(&config)),
+    )?);
+    plugins.load(&config.plugins, &config.listeners).await?;
+    delivery.set_plugins(plugins.clone());
     let queue = manager::start(
         delivery,
         config.queue.clone(),
@@ -38,23 +75,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         done_tx.clone(),
     );
-    // Plugins: loaded (compiled) once, before anything is accepted.
-    let chains: Vec<&[String]> = config
-        .listeners
-        .iter()
-        .flat_map(|l| {
-            let c = &l.chains;
-            [&c.connect[..], &c.helo[..], &c.mail_from[..], &c.rcpt[..]]
-        })
-        .collect();
-    let plugins = if chains.iter().any(|c| !c.is_empty()) {
-        Some(Arc::new(crate::plugins::Runtime::load(
-            &config.plugins,
-            &chains,
-        )?))
-    } else {
-        None
-    };
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(ListenerContext {
@@ -65,7 +85,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|| config.hostname.clone()),
             spool: spool.clone(),
             queue: queue.clone(),
-            plugins: plugins.clone(),
+            plugins: Some(plugins.clone()),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }
@@ -78,7 +98,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(l.run());
     }
 
-    wait_for_signal().await;
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+    tokio::spawn(reloader(plugins.clone(), config_file.clone(), reload_rx));
+    if config.plugins.watch {
+        tokio::spawn(watch(
+            config.plugins.dir.clone(),
+            config.plugins.watch_interval,
+            reload_tx.clone(),
+        ));
+    }
+    wait_for_signal(reload_tx).await;
     tracing::info!("shutting down: no new connections; sessions finish their current command");
     trigger.fire();
     if tokio::time::timeout(DRAIN_DEADLINE, done_rx.recv())
@@ -92,16 +121,104 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Queue state written without waiting (retry times, finished messages)
     // must reach the disk before the process ends.
     spool.flush().await?;
+    let _ = std::fs::remove_file(&pid_file);
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Why a reload was asked for.
+#[derive(Debug)]
+enum Reload {
+    Signal,
+    DirectoryChanged,
+}
+
+/// Reloads the plugins, one request at a time.
+async fn reloader(
+    plugins: Arc<Runtime>,
+    config_file: Option<PathBuf>,
+    mut requests: mpsc::UnboundedReceiver<Reload>,
+) {
+    while let Some(why) = requests.recv().await {
+        // Requests that queued up meanwhile are served by this reload.
+        while requests.try_recv().is_ok() {}
+        tracing::info!(reason = ?why, "reloading plugins");
+        let config = match Config::load(config_file.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload: bad configuration; the plugins in service stay");
+                continue;
+            }
+        };
+        match plugins.load(&config.plugins, &config.listeners).await {
+            Ok(generation) => {
+                tracing::info!(plugins = generation.plugins.len(), "plugins reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the plugins in service stay")
+            }
+        }
+    }
+}
+
+/// Watches the plugin directory: a reload once a change has settled (the
+/// directory looked the same twice in a row), so that a file still being
+/// written is not loaded half-way.
+async fn watch(dir: PathBuf, interval: Duration, reload: mpsc::UnboundedSender<Reload>) {
+    let interval = interval.max(Duration::from_millis(50));
+    let mut seen = fingerprint(&dir);
+    let mut changed: Option<Vec<(String, u64, SystemTime)>> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = fingerprint(&dir);
+        match &changed {
+            Some(last) if *last == now => {
+                changed = None;
+                seen = now;
+                if reload.send(Reload::DirectoryChanged).is_err() {
+                    return;
+                }
+            }
+            _ if now != seen => changed = Some(now),
+            _ => changed = None,
+        }
+    }
+}
+
+/// The plugin files of `dir`: names, sizes, modification times.
+fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.ends_with(".wasm") || name.ends_with(".toml")) {
+                continue;
+            }
+            if let Ok(meta) = e.metadata() {
+                out.push((
+                    name,
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn wait_for_signal(reload: mpsc::UnboundedSender<Reload>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = reload.send(Reload::Signal);
+            }
+        }
     }
 }

@@ -125,6 +125,38 @@ impl Reply {
     }
 }
 
+impl Header {
+    /// A header field: `Header::new("X-Checked", "yes")`.
+    pub fn new(name: &str, value: &str) -> Header {
+        Header {
+            name: name.to_string(),
+            value: value.to_string(),
+        }
+    }
+}
+
+impl Mutation {
+    /// Adds a header field at the top of the header section.
+    pub fn add_header(name: &str, value: &str) -> Mutation {
+        Mutation::AddHeader(Header::new(name, value))
+    }
+
+    /// Replaces every field named `name` by one (or adds it).
+    pub fn replace_header(name: &str, value: &str) -> Mutation {
+        Mutation::ReplaceHeader(Header::new(name, value))
+    }
+
+    /// Replaces MIME part `part` (an id from [`Message::parts`]) by a
+    /// text part, e.g. a note saying what was removed.
+    pub fn replace_part_with_text(part: u32, text: &str) -> Mutation {
+        Mutation::ReplacePart(PartReplacement {
+            part,
+            content_type: "text/plain; charset=utf-8".to_string(),
+            body: text.as_bytes().to_vec(),
+        })
+    }
+}
+
 impl From<Verdict> for Decision {
     /// A decision with no changes.
     fn from(verdict: Verdict) -> Decision {
@@ -142,6 +174,11 @@ impl Decision {
             verdict: Verdict::Continue,
             mutations,
         }
+    }
+
+    /// A verdict with changes (applied if the message goes on).
+    pub fn with(verdict: Verdict, mutations: Vec<Mutation>) -> Decision {
+        Decision { verdict, mutations }
     }
 }
 

@@ -138,6 +138,23 @@ impl Gateway {
         spooled(&self.data_dir())
     }
 
+    /// Waits until the log holds `needle` at least `count` times; returns
+    /// the log. (The log file is the only signal a reload gives.)
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} (x{count}) in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs the weir CLI against this gateway's config.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(weir_bin())
@@ -165,8 +182,9 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "--- weir log ({}) ---\n{}",
+                "--- weir log ({}; process: {:?}) ---\n{}",
                 self.dir.path().display(),
+                self.child.try_wait(),
                 self.log()
             );
         }

@@ -6,44 +6,110 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::harness::{Client, Gateway, listener};
+use crate::sink::{Sink, SinkOptions};
 
-/// Builds a plugin crate for wasm32-wasip2 and returns the `.wasm` bytes.
-/// A target directory of its own keeps the nested cargo off the lock of
-/// the build that runs this test.
-pub fn build(package: &str, file: &str) -> Vec<u8> {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-plugins");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            package,
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+/// The plugin crates the tests use, built together once per test run.
+const CRATES: &[&str] = &[
+    "weir-plugin-block-recipients",
+    "weir-plugin-example-policy",
+    "weir-plugin-example-filter",
+    "weir-plugin-noop",
+    "weir-plugin-test-faults",
+    "weir-plugin-test-unknown-import",
+];
+
+/// The `.wasm` of a plugin crate (`weir_plugin_noop.wasm` for
+/// `weir-plugin-noop`), built for wasm32-wasip2 in release. A target
+/// directory of its own keeps the nested cargo off the lock of the build
+/// that runs this test.
+pub fn wasm(package: &str) -> &'static [u8] {
+    static BUILT: OnceLock<std::collections::HashMap<String, Vec<u8>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-plugins");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
+        for c in CRATES {
+            cmd.args(["-p", c]);
+        }
+        let out = cmd
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the plugins: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        CRATES
+            .iter()
+            .map(|c| {
+                let file = format!("{}.wasm", c.replace('-', "_"));
+                let bytes = std::fs::read(target.join("wasm32-wasip2/release").join(&file))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                (c.to_string(), bytes)
+            })
+            .collect()
+    });
+    &built[package]
+}
+
+/// A plugin directory: (name, crate, NAME.toml).
+pub fn plugin_dir(plugins: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, package, toml) in plugins {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), wasm(package)).unwrap();
+        if !toml.is_empty() {
+            std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
+        }
+    }
+    dir
+}
+
+/// The `[plugins]` table for a directory, with a compile cache shared by
+/// the tests of this run (it is exercised, and starts stay quick).
+pub fn plugins_table(dir: &Path, extra: &str) -> String {
+    format!(
+        "[plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n{extra}\n",
+        dir.display(),
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("plugin-cache")
+            .display()
+    )
+}
+
+/// Starts weir with `plugin` in a chain, expecting it to refuse to start;
+/// returns what it said.
+fn refused_at_start(plugins: &Path, plugin: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{}{}",
+            dir.path().join("data").display(),
+            plugins_table(plugins, ""),
+            listener("in", &format!("chains = {{ rcpt = [\"{plugin}\"] }}"))
+        ),
+    )
+    .unwrap();
+    let out = Command::new(crate::harness::weir_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
         .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building {package}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(target.join("wasm32-wasip2/release").join(file)).unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn the_bundled_plugin_builds_into_a_component() {
-    let wasm = build(
-        "weir-plugin-block-recipients",
-        "weir_plugin_block_recipients.wasm",
-    );
+    let wasm = wasm("weir-plugin-block-recipients");
     // "\0asm", then version 0x0d and layer 1: a component, not a core module.
     assert_eq!(&wasm[..8], b"\0asm\x0d\x00\x01\x00");
     // It exports the contract's world.
-    let text = String::from_utf8_lossy(&wasm);
+    let text = String::from_utf8_lossy(wasm);
     assert!(
         text.contains("weir:plugin/types@0.1.0"),
         "no weir:plugin interface in the component"
@@ -51,15 +117,8 @@ fn the_bundled_plugin_builds_into_a_component() {
     assert!(text.contains("on-rcpt"));
 }
 
-/// The block-recipients component, built once per test run.
 fn block_recipients() -> &'static [u8] {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        build(
-            "weir-plugin-block-recipients",
-            "weir_plugin_block_recipients.wasm",
-        )
-    })
+    wasm("weir-plugin-block-recipients")
 }
 
 #[test]
@@ -112,33 +171,15 @@ fn a_plugin_in_the_rcpt_chain_refuses_with_its_own_reply() {
 fn a_file_that_is_not_a_component_is_refused_at_start_with_its_name() {
     let plugins = tempfile::tempdir().unwrap();
     std::fs::write(plugins.path().join("broken.wasm"), b"\0asm not really").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("weir.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n{}",
-            dir.path().join("data").display(),
-            plugins.path().display(),
-            listener("in", "chains = { rcpt = [\"broken\"] }")
-        ),
-    )
-    .unwrap();
-    let out = Command::new(crate::harness::weir_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_start(plugins.path(), "broken");
     assert!(err.contains("plugin broken"), "{err}");
 }
 
 #[test]
 fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
-    let wasm = build("weir-plugin-test-faults", "weir_plugin_test_faults.wasm");
+    let wasm = wasm("weir-plugin-test-faults");
     let plugins = tempfile::tempdir().unwrap();
-    std::fs::write(plugins.path().join("faults.wasm"), &wasm).unwrap();
+    std::fs::write(plugins.path().join("faults.wasm"), wasm).unwrap();
     std::fs::write(plugins.path().join("block.wasm"), block_recipients()).unwrap();
     std::fs::write(
         plugins.path().join("block.toml"),
@@ -192,12 +233,9 @@ fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
 
 #[test]
 fn early_hooks_refuse_at_connect_helo_and_mail_from() {
-    let wasm = build(
-        "weir-plugin-example-policy",
-        "weir_plugin_example_policy.wasm",
-    );
+    let wasm = wasm("weir-plugin-example-policy");
     let plugins = tempfile::tempdir().unwrap();
-    std::fs::write(plugins.path().join("policy.wasm"), &wasm).unwrap();
+    std::fs::write(plugins.path().join("policy.wasm"), wasm).unwrap();
     std::fs::write(
         plugins.path().join("policy.toml"),
         "drop_clients = [\"127.0.0.1\"]\nbad_helo = [\"friend\"]\nlater_senders = [\"slow@example.org\"]\n",
@@ -227,4 +265,316 @@ fn early_hooks_refuse_at_connect_helo_and_mail_from() {
     let r = c.expect("MAIL FROM:<slow@example.org>", 451);
     assert_eq!(r.enhanced(), "4.7.1");
     c.expect("MAIL FROM:<quick@example.org>", 250);
+}
+
+/// A message with a text part and an executable attachment.
+const WITH_ATTACHMENT: &str = "From: <a@sender.test>\r\nSubject: the invoice\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nPlease see the attachment.\r\n--b1\r\nContent-Type: application/octet-stream; name=\"invoice.pdf.exe\"\r\nContent-Disposition: attachment; filename=\"invoice.pdf.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAA\r\n--b1--\r\n";
+
+#[test]
+fn a_data_plugin_adds_a_header_and_strips_an_attachment_in_the_spooled_message() {
+    let plugins = plugin_dir(&[(
+        "filter",
+        "weir-plugin-example-filter",
+        "header = \"X-Filtered: by weir\"\nstrip_extensions = [\"exe\"]\n",
+    )]);
+    let gw = Gateway::start(&format!(
+        "{}[plugins.settings.filter]\ngrants = [\"modify\"]\n{}",
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { data = [\"filter\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    let r = c.send_mail("a@sender.test", &["b@example.org"], WITH_ATTACHMENT);
+    assert_eq!(r.code, 250, "{r:?}");
+    let spooled = gw.spooled();
+    let text = String::from_utf8_lossy(&spooled[0].1).into_owned();
+    assert!(
+        text.starts_with("X-Filtered: by weir\r\nReceived: "),
+        "the header is added at the top: {text}"
+    );
+    // The attachment is gone, a note in its place; the text part stays.
+    let parsed = mail_parser::MessageParser::default()
+        .parse(text.as_bytes())
+        .unwrap();
+    assert_eq!(parsed.parts.len(), 3, "{text}");
+    assert!(!text.contains("TVqQAAMAAAAEAAAA"), "{text}");
+    assert_eq!(
+        parsed.body_text(1).unwrap().trim(),
+        "The attachment invoice.pdf.exe was removed by policy."
+    );
+    assert!(text.contains("Please see the attachment."));
+    assert_eq!(spooled[0].0.size as usize, spooled[0].1.len());
+
+    // Without the `modify` grant the same plugin changes nothing, and the
+    // log says why.
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { data = [\"filter\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    assert_eq!(
+        c.send_mail("a@sender.test", &["b@example.org"], WITH_ATTACHMENT)
+            .code,
+        250
+    );
+    let text = String::from_utf8_lossy(&gw.spooled()[0].1).into_owned();
+    assert!(!text.contains("X-Filtered"), "{text}");
+    assert!(text.contains("TVqQAAMAAAAEAAAA"));
+    assert!(gw.log().contains("without the `modify` grant"));
+}
+
+#[test]
+fn a_pre_delivery_plugin_reroutes_through_another_route() {
+    let default_sink = Sink::start(SinkOptions::default());
+    let partner_sink = Sink::start(SinkOptions::default());
+    let plugins = plugin_dir(&[(
+        "filter",
+        "weir-plugin-example-filter",
+        "header = \"X-Seen: yes\"\n[[reroute]]\ndomain = \"partner.test\"\nroute = \"partner\"\n",
+    )]);
+    let gw = Gateway::start(&format!(
+        "{}[plugins.settings.filter]\ngrants = [\"modify\"]\n{}\
+         [[route]]\nname = \"default\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\n\
+         [[route]]\nname = \"partner\"\ndomains = [\"only-by-plugin.invalid\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\n",
+        plugins_table(plugins.path(), ""),
+        listener(
+            "in",
+            "chains = { data = [\"filter\"], pre_delivery = [\"filter\"] }"
+        ),
+        default_sink.addr.port(),
+        partner_sink.addr.port(),
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    let body = "Subject: s\r\n\r\nx\r\n";
+    assert_eq!(
+        c.send_mail("a@sender.test", &["bob@partner.test"], body)
+            .code,
+        250
+    );
+    c.expect("RSET", 250);
+    c.expect("MAIL FROM:<a@sender.test>", 250);
+    c.expect("RCPT TO:<carol@other.test>", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: s\r\n\r\nx\r\n.\r\n");
+    assert_eq!(c.read_reply().code, 250);
+
+    let got = partner_sink.wait_for(1);
+    assert_eq!(got[0].rcpts, ["bob@partner.test"]);
+    // The header the data hook added travelled with it.
+    assert!(String::from_utf8_lossy(&got[0].data).starts_with("X-Seen: yes\r\n"));
+    let got = default_sink.wait_for(1);
+    assert_eq!(got[0].rcpts, ["carol@other.test"]);
+    assert_eq!(partner_sink.received().len(), 1, "carol was not rerouted");
+    assert!(gw.log().contains("rerouted by a plugin"));
+}
+
+#[test]
+fn a_state_counter_is_shared_across_connections() {
+    let plugins = plugin_dir(&[(
+        "filter",
+        "weir-plugin-example-filter",
+        "max_messages_per_sender = 2\nwindow_secs = 3600\n",
+    )]);
+    let gw = Gateway::start(&format!(
+        "{}[plugins.settings.filter]\ngrants = [\"state\"]\n{}",
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { mail_from = [\"filter\"] }")
+    ));
+    // Each MAIL FROM on a connection of its own (and so, often, on another
+    // pooled instance): only the shared counter can see them all.
+    for _ in 0..2 {
+        let mut c = Client::connect(gw.addr("in"));
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<busy@sender.test>", 250);
+    }
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    let r = c.expect("MAIL FROM:<Busy@Sender.test>", 451);
+    assert_eq!(r.enhanced(), "4.7.1");
+    // Another sender has a counter of its own.
+    c.expect("MAIL FROM:<quiet@sender.test>", 250);
+
+    // Without the grant the plugin is told `denied` and fails open.
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { mail_from = [\"filter\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    for _ in 0..3 {
+        c.expect("MAIL FROM:<busy@sender.test>", 250);
+        c.expect("RSET", 250);
+    }
+    let log = gw.log();
+    assert!(
+        log.contains("state unavailable") && log.contains("Denied"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_component_importing_what_the_gateway_lacks_is_refused_naming_the_import() {
+    let plugins = plugin_dir(&[("odd", "weir-plugin-test-unknown-import", "")]);
+    let err = refused_at_start(plugins.path(), "odd");
+    assert!(
+        err.contains("plugin odd") && err.contains("test:unknown/clock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_replaced_while_sessions_run_serves_new_sessions_and_none_fails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let plugins = plugin_dir(&[(
+        "gate",
+        "weir-plugin-block-recipients",
+        "block = [\"a@example.org\"]\n",
+    )]);
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        plugins_table(plugins.path(), "watch_interval = \"100ms\""),
+        listener("in", "chains = { rcpt = [\"gate\"] }")
+    ));
+    let addr = gw.addr("in");
+    // Sessions run all along; each must be served by the old plugin or the
+    // new one, never fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut c = Client::connect(addr);
+                    c.expect("EHLO client.test", 250);
+                    c.expect("MAIL FROM:<s@sender.test>", 250);
+                    let r = c.cmd("RCPT TO:<a@example.org>");
+                    assert!(r.code == 550 || r.code == 250, "{r:?}");
+                    c.expect("RCPT TO:<b@example.org>", 250);
+                    c.expect("QUIT", 221);
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let rcpt_a = || {
+        let mut c = Client::connect(addr);
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<s@sender.test>", 250);
+        c.cmd("RCPT TO:<a@example.org>").code
+    };
+    assert_eq!(rcpt_a(), 550);
+
+    // A broken file first: reported with its name, the chain in service stays.
+    let replace = |bytes: &[u8]| {
+        let tmp = plugins.path().join("gate.wasm.part");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, plugins.path().join("gate.wasm")).unwrap();
+    };
+    replace(b"\0asm this is not a component");
+    let log = gw.wait_for_log("reload failed", 1);
+    assert!(log.contains("plugin gate"), "{log}");
+    assert_eq!(rcpt_a(), 550);
+
+    // Then a working one (the no-op plugin): new sessions see it.
+    replace(wasm("weir-plugin-noop"));
+    gw.wait_for_log("plugins reloaded", 1);
+    assert_eq!(rcpt_a(), 250);
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("no session failed");
+    }
+    assert!(served.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn the_cli_lists_plugins_reloads_and_tests_one() {
+    let plugins = plugin_dir(&[
+        (
+            "block",
+            "weir-plugin-block-recipients",
+            "block = [\"x@example.org\"]\n",
+        ),
+        (
+            "filter",
+            "weir-plugin-example-filter",
+            "header = \"X-A: b\"\n",
+        ),
+    ]);
+    let gw = Gateway::start(&format!(
+        "{}watch = false\n[plugins.settings.filter]\ngrants = [\"modify\", \"state\"]\n{}",
+        plugins_table(plugins.path(), ""),
+        listener(
+            "in",
+            "chains = { rcpt = [\"block\", { plugin = \"block\", config = { block = [\"y@example.org\"] }, on_error = \"continue\" }], data = [\"filter\"] }"
+        )
+    ));
+
+    // `weir plugins ls`: each plugin with hooks and grants, each chain in order.
+    let out = gw.cli(&["plugins", "ls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("filter  sha256:"), "{text}");
+    assert!(
+        text.contains("hooks: mail_from,data,pre_delivery  grants: modify,state"),
+        "{text}"
+    );
+    assert!(text.contains("in rcpt: block -> block#"), "{text}");
+    assert!(text.contains("in data: filter"), "{text}");
+    // The entry with its own config is a plugin instance of its own.
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<s@sender.test>", 250);
+    c.expect("RCPT TO:<x@example.org>", 550);
+    c.expect("RCPT TO:<y@example.org>", 550);
+    c.expect("RCPT TO:<z@example.org>", 250);
+
+    // `weir plugins reload`: SIGHUP to the running gateway.
+    let out = gw.cli(&["plugins", "reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.wait_for_log("plugins reloaded", 1);
+    assert!(gw.log().contains("reason=Signal"));
+
+    // `weir plugin test`: one plugin, one hook, no server.
+    let eml = plugins.path().join("m.eml");
+    std::fs::write(&eml, "Subject: hi\n\nbody\n").unwrap();
+    let out = Command::new(crate::harness::weir_bin())
+        .args(["plugin", "test"])
+        .arg(plugins.path().join("filter.wasm"))
+        .args(["--hook", "data", "--show-message", "--eml"])
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verdict: continue"), "{text}");
+    assert!(text.contains("add-header X-A: b"), "{text}");
+    assert!(text.contains("X-A: b\r\nSubject: hi\r\n"), "{text}");
+    let out = Command::new(crate::harness::weir_bin())
+        .args(["plugin", "test"])
+        .arg(plugins.path().join("block.wasm"))
+        .args(["--hook", "rcpt", "--rcpt", "x@example.org"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("verdict: reject 550 5.7.1 <x@example.org>"),
+        "{text}"
+    );
 }

@@ -153,6 +153,21 @@ pub struct Delivery {
     hostname: String,
     queue: QueueConfig,
     spool: Spool,
+    /// The plugins, for the pre-delivery and delivery-result hooks (set
+    /// once, before the queue manager starts).
+    plugins: std::sync::OnceLock<Arc<crate::plugins::Runtime>>,
+}
+
+/// What the pre-delivery chain decided for a job.
+enum PreDelivery {
+    /// Deliver: the message to send if the chain read or changed it, and
+    /// another next hop if it rerouted.
+    Deliver {
+        message: Option<Vec<u8>>,
+        reroute: Option<NextHop>,
+    },
+    /// Do not deliver: every recipient of the job gets this outcome.
+    Settled(RcptOutcome),
 }
 
 impl Delivery {
@@ -181,13 +196,35 @@ impl Delivery {
             hostname: config.hostname.clone(),
             queue: config.queue.clone(),
             spool,
+            plugins: std::sync::OnceLock::new(),
         })
     }
 
-    /// The next hop of a recipient address, if any route takes its domain.
-    pub fn next_hop(&self, address: &str) -> Option<NextHop> {
+    /// Gives delivery the plugins for its hooks.
+    pub fn set_plugins(&self, plugins: Arc<crate::plugins::Runtime>) {
+        let _ = self.plugins.set(plugins);
+    }
+
+    /// The resolver delivery uses (shared with the plugins' DNS import).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// The next hop of recipient `i`: the route a plugin named, else the
+    /// route for its domain; `None` if no route takes it.
+    pub fn next_hop_for(&self, envelope: &Envelope, i: usize) -> Option<NextHop> {
+        let address = &envelope.recipients[i].address;
         let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        self.router.next_hop(domain)
+        let named = envelope.route.as_deref().and_then(|name| {
+            let hop = self.router.by_name(name, domain);
+            if hop.is_none() {
+                tracing::error!(queue_id = %envelope.id, route = name, "a plugin named a route that is not configured; routing by domain");
+            }
+            hop
+        });
+        let mut hop = named.or_else(|| self.router.next_hop(domain))?;
+        hop.require_tls = envelope.require_tls;
+        Some(hop)
     }
 
     /// This gateway's name (for DSNs).
@@ -218,10 +255,17 @@ impl Delivery {
             ResolveError::Permanent(reason) => AttemptError::permanent(reason),
             ResolveError::Temporary(reason) => AttemptError::temporary(reason),
         })?;
+        // A plugin's require-tls raises the route's policy.
+        let tls = match route.tls {
+            OutboundTls::None | OutboundTls::Opportunistic if hop.require_tls => {
+                OutboundTls::Required
+            }
+            tls => tls,
+        };
         let settings = Settings {
             helo: route.helo.as_deref().unwrap_or(&self.hostname),
             lmtp: route.kind == RouteKind::Lmtp,
-            tls: route.tls,
+            tls,
             tls_config: self.tls[hop.route].clone(),
             source: route.source_address,
             auth: route
@@ -236,7 +280,7 @@ impl Delivery {
         for target in &targets {
             match Connection::open(target, &settings, true).await {
                 Ok(c) => return Ok(c),
-                Err(e) if e.tls_failed && route.tls == OutboundTls::Opportunistic => {
+                Err(e) if e.tls_failed && tls == OutboundTls::Opportunistic => {
                     tracing::info!(host = %target.host, addr = %target.addr, reason = %e.reason, "TLS failed; opportunistic route retries in clear");
                     match Connection::open(target, &settings, false).await {
                         Ok(c) => return Ok(c),
@@ -277,6 +321,20 @@ impl Delivery {
             let Some(job) = jobs.next(idle, &mut shutdown).await else {
                 break;
             };
+            let (prepared, reroute) = match self.pre_delivery(&hop, &job).await {
+                PreDelivery::Settled(outcome) => {
+                    self.finish_job(&job, vec![outcome; job.rcpts.len()], "-", &events)
+                        .await;
+                    continue;
+                }
+                PreDelivery::Deliver { message, reroute } => (message, reroute),
+            };
+            if let Some(other) = reroute {
+                // A plugin sent this job elsewhere: a connection of its own,
+                // outside this destination's cache.
+                self.deliver_once(&other, &job, prepared, &events).await;
+                continue;
+            }
             if conn.is_none() {
                 match self.connect(&hop).await {
                     Ok(c) => conn = Some(c),
@@ -299,7 +357,11 @@ impl Delivery {
                     }
                 }
             }
-            let message = match self.spool.read(job.location).await {
+            let read = match prepared {
+                Some(m) => Ok(m),
+                None => self.spool.read(job.location).await,
+            };
+            let message = match read {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(queue_id = %job.id, error = %e, "cannot read a queued message");
@@ -323,39 +385,264 @@ impl Delivery {
                         .collect()
                 }
             };
-            let delivered: Vec<(usize, RcptState)> = job
-                .rcpts
-                .iter()
-                .zip(&outcomes)
-                .filter_map(|(&i, o)| match o {
-                    RcptOutcome::Delivered(reply) => Some((
-                        i,
-                        RcptState::Delivered {
-                            reply: reply.clone(),
-                            notified: !job.envelope.wants_success_dsn(i),
-                        },
-                    )),
-                    _ => None,
-                })
-                .collect();
-            let relay = conn.as_ref().map(|c| c.target.host.as_str()).unwrap_or("-");
-            for (&i, o) in job.rcpts.iter().zip(&outcomes) {
-                tracing::info!(queue_id = %job.id, rcpt = %job.envelope.recipients[i].address, relay, outcome = ?o, "delivery attempt");
-            }
-            if !delivered.is_empty()
-                && let Err(e) = self.spool.update(job.id, delivered).await
-            {
-                tracing::error!(queue_id = %job.id, error = %e, "cannot record a delivery; it may be repeated after a restart");
-            }
-            let _ = events.send(WorkerEvent::Outcomes {
-                id: job.id,
-                outcomes: job.rcpts.iter().copied().zip(outcomes).collect(),
-            });
+            let relay = conn
+                .as_ref()
+                .map(|c| c.target.host.clone())
+                .unwrap_or_else(|| "-".into());
+            self.finish_job(&job, outcomes, &relay, &events).await;
         }
         if let Some(c) = conn {
             c.quit().await;
         }
         let _ = events.send(WorkerEvent::Exited(hop));
+    }
+}
+
+impl Delivery {
+    /// Records a job's outcomes: deliveries in the spool first (so a crash
+    /// cannot repeat them), then the queue manager and the delivery-result
+    /// chain are told.
+    async fn finish_job(
+        &self,
+        job: &Job,
+        outcomes: Vec<RcptOutcome>,
+        relay: &str,
+        events: &mpsc::UnboundedSender<WorkerEvent>,
+    ) {
+        let delivered: Vec<(usize, RcptState)> = job
+            .rcpts
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(&i, o)| match o {
+                RcptOutcome::Delivered(reply) => Some((
+                    i,
+                    RcptState::Delivered {
+                        reply: reply.clone(),
+                        notified: !job.envelope.wants_success_dsn(i),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        for (&i, o) in job.rcpts.iter().zip(&outcomes) {
+            tracing::info!(queue_id = %job.id, rcpt = %job.envelope.recipients[i].address, relay, outcome = ?o, "delivery attempt");
+        }
+        if !delivered.is_empty()
+            && let Err(e) = self.spool.update(job.id, delivered).await
+        {
+            tracing::error!(queue_id = %job.id, error = %e, "cannot record a delivery; it may be repeated after a restart");
+        }
+        self.delivery_result(job, &outcomes, relay);
+        let _ = events.send(WorkerEvent::Outcomes {
+            id: job.id,
+            outcomes: job.rcpts.iter().copied().zip(outcomes).collect(),
+        });
+    }
+
+    /// Delivers one job over a connection of its own (a rerouted job).
+    async fn deliver_once(
+        &self,
+        hop: &NextHop,
+        job: &Job,
+        prepared: Option<Vec<u8>>,
+        events: &mpsc::UnboundedSender<WorkerEvent>,
+    ) {
+        let (outcomes, relay) = match self.connect(hop).await {
+            Err(e) => {
+                let o = if e.permanent {
+                    RcptOutcome::Permanent(e.reason)
+                } else {
+                    RcptOutcome::Temporary(e.reason)
+                };
+                (vec![o; job.rcpts.len()], "-".to_string())
+            }
+            Ok(mut c) => {
+                let message = match prepared {
+                    Some(m) => Ok(m),
+                    None => self.spool.read(job.location).await,
+                };
+                let outcomes = match message {
+                    Err(e) => {
+                        vec![
+                            RcptOutcome::Temporary(format!("451 4.3.0 cannot read queue file: {e}"));
+                            job.rcpts.len()
+                        ]
+                    }
+                    Ok(m) => match c.send(&job.envelope, &job.rcpts, &m).await {
+                        Ok(o) => o,
+                        Err(e) => vec![RcptOutcome::Temporary(e.reason); job.rcpts.len()],
+                    },
+                };
+                let relay = c.target.host.clone();
+                c.quit().await;
+                (outcomes, relay)
+            }
+        };
+        self.finish_job(job, outcomes, &relay, events).await;
+    }
+
+    /// Runs the pre-delivery chain of the listener the message came in on.
+    async fn pre_delivery(&self, hop: &NextHop, job: &Job) -> PreDelivery {
+        use crate::plugins::{Hook, HookArgs, Outcome};
+        let go = PreDelivery::Deliver {
+            message: None,
+            reroute: None,
+        };
+        let Some(plugins) = self.plugins.get() else {
+            return go;
+        };
+        let generation = plugins.current();
+        let listener = &job.envelope.client.listener;
+        if !generation.has_chain(listener, Hook::PreDelivery) {
+            return go;
+        }
+        let message = match self.spool.read(job.location).await {
+            Ok(m) => m,
+            Err(e) => {
+                return PreDelivery::Settled(RcptOutcome::Temporary(format!(
+                    "451 4.3.0 cannot read queue file: {e}"
+                )));
+            }
+        };
+        let view = Arc::new(crate::plugins::MessageView::new(Arc::new(message)));
+        let route = self.router.route(hop.route);
+        let destination = if hop.domain.is_empty() {
+            route.name.clone()
+        } else {
+            hop.domain.clone()
+        };
+        let args = HookArgs::PreDelivery(plugin_envelope(job), destination, view.clone());
+        let result = generation.run(listener, args).await;
+        let settled = |reply: crate::smtp::Reply| {
+            let text = format!(
+                "{} {} {}",
+                reply.code,
+                reply.enhanced.unwrap_or(crate::smtp::Enhanced(4, 0, 0)),
+                reply.text
+            );
+            PreDelivery::Settled(if reply.code >= 500 {
+                RcptOutcome::Permanent(text)
+            } else {
+                RcptOutcome::Temporary(text)
+            })
+        };
+        match result.outcome {
+            Outcome::Continue => {}
+            Outcome::Refuse(reply) | Outcome::Disconnect(reply) => return settled(reply),
+            Outcome::Discard { plugin } => {
+                tracing::info!(queue_id = %job.id, plugin, "discarded by a plugin before delivery");
+                return PreDelivery::Settled(RcptOutcome::Delivered(format!(
+                    "250 2.0.0 discarded by plugin {plugin}"
+                )));
+            }
+            Outcome::Quarantine { plugin, reason } => {
+                tracing::warn!(queue_id = %job.id, plugin, reason, "quarantine asked for but not available; delivery deferred");
+                return PreDelivery::Settled(RcptOutcome::Temporary(
+                    "451 4.7.0 held for review".into(),
+                ));
+            }
+        }
+        let edited = match crate::plugins::message::apply(&view, &result.mutations) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(queue_id = %job.id, error = %e, "plugin changes not applied (all or none)");
+                Default::default()
+            }
+        };
+        let env = edited.envelope;
+        if !env.add_recipients.is_empty() || !env.remove_recipients.is_empty() {
+            tracing::warn!(queue_id = %job.id, "recipients cannot change at pre-delivery; ignored");
+        }
+        let mut reroute = None;
+        if let Some(name) = &env.route {
+            let domain = job
+                .envelope
+                .recipients
+                .get(job.rcpts[0])
+                .and_then(|r| r.address.rsplit_once('@'))
+                .map(|(_, d)| d)
+                .unwrap_or("");
+            match self.router.by_name(name, domain) {
+                Some(mut other) => {
+                    other.require_tls = hop.require_tls || env.require_tls;
+                    if other != *hop {
+                        tracing::info!(queue_id = %job.id, route = name, "rerouted by a plugin");
+                        reroute = Some(other);
+                    }
+                }
+                None => {
+                    tracing::error!(queue_id = %job.id, route = name, "a plugin named a route that is not configured; not rerouted")
+                }
+            }
+        }
+        if reroute.is_none() && env.require_tls && !hop.require_tls {
+            let mut other = hop.clone();
+            other.require_tls = true;
+            reroute = Some(other);
+        }
+        let message = match edited.message {
+            Some(m) => m,
+            None => {
+                drop(result);
+                match Arc::try_unwrap(view) {
+                    Ok(v) => Arc::try_unwrap(v.into_raw()).unwrap_or_else(|a| a.to_vec()),
+                    Err(v) => v.raw().to_vec(),
+                }
+            }
+        };
+        PreDelivery::Deliver {
+            message: Some(message),
+            reroute,
+        }
+    }
+
+    /// Tells the delivery-result chain (in the background: it cannot
+    /// change anything).
+    fn delivery_result(&self, job: &Job, outcomes: &[RcptOutcome], relay: &str) {
+        use crate::plugins::{DeliveryOutcome, Hook, HookArgs};
+        let Some(plugins) = self.plugins.get() else {
+            return;
+        };
+        let generation = plugins.current();
+        let listener = job.envelope.client.listener.clone();
+        if !generation.has_chain(&listener, Hook::DeliveryResult) {
+            return;
+        }
+        let list = job
+            .rcpts
+            .iter()
+            .zip(outcomes)
+            .map(|(&i, o)| {
+                let (status, reply) = match o {
+                    RcptOutcome::Delivered(r) => ("delivered", r),
+                    RcptOutcome::Temporary(r) => ("deferred", r),
+                    RcptOutcome::Permanent(r) => ("bounced", r),
+                };
+                DeliveryOutcome {
+                    recipient: job.envelope.recipients[i].address.clone(),
+                    status: status.into(),
+                    reply: reply.clone(),
+                    remote_host: (relay != "-").then(|| relay.to_string()),
+                }
+            })
+            .collect();
+        let args = HookArgs::DeliveryResult(plugin_envelope(job), list);
+        tokio::spawn(async move {
+            generation.run(&listener, args).await;
+        });
+    }
+}
+
+/// What the plugins see of a job's envelope: its recipients only.
+fn plugin_envelope(job: &Job) -> crate::plugins::Envelope {
+    crate::plugins::Envelope {
+        queue_id: Some(job.id.to_string()),
+        sender: Some(job.envelope.sender.clone()),
+        recipients: job
+            .rcpts
+            .iter()
+            .map(|&i| job.envelope.recipients[i].address.clone())
+            .collect(),
     }
 }
 

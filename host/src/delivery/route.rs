@@ -20,6 +20,9 @@ pub struct NextHop {
     /// The domain for MX routes; empty for smarthost and LMTP routes, whose
     /// hosts take every domain.
     pub domain: String,
+    /// A plugin asked for TLS: the route's policy is raised to `required`
+    /// (and such messages get connections of their own).
+    pub require_tls: bool,
 }
 
 impl Router {
@@ -57,11 +60,25 @@ impl Router {
             }
         }
         let (_, route) = best?;
+        Some(self.hop(route, domain))
+    }
+
+    /// The next hop through the route named `name` (a plugin's choice).
+    pub fn by_name(&self, name: &str, domain: &str) -> Option<NextHop> {
+        let route = self.routes.iter().position(|r| r.name == name)?;
+        Some(self.hop(route, domain.trim_end_matches('.').to_ascii_lowercase()))
+    }
+
+    fn hop(&self, route: usize, domain: String) -> NextHop {
         let domain = match self.routes[route].kind {
             RouteKind::Mx => domain,
             RouteKind::Smarthost | RouteKind::Lmtp => String::new(),
         };
-        Some(NextHop { route, domain })
+        NextHop {
+            route,
+            domain,
+            require_tls: false,
+        }
     }
 
     /// A route by index.

@@ -1,17 +1,32 @@
-//! The host side of the contract: what plugins may call. Logging and their
-//! own configuration work; DNS and state answer `denied` until they are
-//! granted per plugin (still to come); the message resource exists for the
-//! data hooks, which are not wired yet.
+//! The host side of the contract: what plugins may call. Each import checks
+//! the calling plugin's grants; a call outside them answers the interface's
+//! `denied` error (or an error string for the message body), which the
+//! plugin sees.
 
-use wasmtime::component::Resource;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::HostState;
+use hickory_resolver::TokioResolver;
+use wasmtime::StoreLimits;
+use wasmtime::component::{Resource, ResourceTable};
 
-/// Bindings generated from `wit/plugin.wit`.
+use super::message::MessageView;
+use super::state::StateStore;
+use crate::config::Grant;
+
+/// Bindings generated from `wit/plugin.wit`. DNS and state are async host
+/// functions (they wait on the network, or on Redis later); the rest are
+/// plain calls.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
+        imports: {
+            "weir:plugin/dns": async | trappable,
+            "weir:plugin/state": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
         with: {
             "weir:plugin/message.message": super::MessageData,
         },
@@ -20,9 +35,34 @@ pub mod bindings {
 
 use bindings::weir::plugin::{auth_results, config, dns, log, message, state, types};
 
-/// The message behind a `message` resource (data hooks; not wired yet).
-pub struct MessageData {
-    raw: Vec<u8>,
+/// The message behind a `message` resource: a view shared by the calls of
+/// one chain.
+pub struct MessageData(pub Arc<MessageView>);
+
+/// What the imports reach, shared by every plugin.
+pub struct Services {
+    /// The gateway's resolver (the one delivery uses), if DNS is set up.
+    pub resolver: Option<TokioResolver>,
+    /// The `state` store.
+    pub state: Arc<StateStore>,
+}
+
+/// Per-store state: WASI (with nothing granted), resources, limits, and the
+/// plugin's identity and grants for its imports.
+pub struct HostState {
+    pub(super) wasi: wasmtime_wasi::WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) plugin: Arc<str>,
+    pub(super) config: Arc<str>,
+    pub(super) grants: Arc<[Grant]>,
+    pub(super) services: Arc<Services>,
+}
+
+impl HostState {
+    fn granted(&self, g: Grant) -> bool {
+        self.grants.contains(&g)
+    }
 }
 
 impl wasmtime_wasi::WasiView for HostState {
@@ -34,11 +74,19 @@ impl wasmtime_wasi::WasiView for HostState {
     }
 }
 
+type Trappable<T> = wasmtime::Result<T>;
+
 impl types::Host for HostState {}
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String) {
+    fn log(&mut self, level: log::Level, message: String) -> Trappable<()> {
         let plugin = &*self.plugin;
+        // One line, whatever the plugin sent.
+        let message: String = message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(2000)
+            .collect();
         match level {
             log::Level::Trace => tracing::trace!(plugin, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -46,82 +94,220 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(plugin, "{message}"),
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
+        Ok(())
     }
 }
 
 impl config::Host for HostState {
-    fn get(&mut self) -> String {
-        self.config.to_string()
+    fn get(&mut self) -> Trappable<String> {
+        Ok(self.config.to_string())
+    }
+}
+
+type DnsResult<T> = Trappable<Result<Vec<T>, dns::DnsError>>;
+
+impl HostState {
+    fn resolver(&self) -> Result<TokioResolver, dns::DnsError> {
+        if !self.granted(Grant::Dns) {
+            return Err(dns::DnsError::Denied);
+        }
+        self.services
+            .resolver
+            .clone()
+            .ok_or_else(|| dns::DnsError::Temporary("no resolver configured".into()))
+    }
+}
+
+fn dns_error(e: hickory_resolver::net::NetError) -> dns::DnsError {
+    if e.is_no_records_found() || e.is_nx_domain() {
+        dns::DnsError::NotFound
+    } else {
+        dns::DnsError::Temporary(e.to_string())
     }
 }
 
 impl dns::Host for HostState {
-    fn lookup_a(&mut self, _name: String) -> Result<Vec<String>, dns::DnsError> {
-        Err(dns::DnsError::Denied)
+    async fn lookup_a(&mut self, name: String) -> DnsResult<String> {
+        let r = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(r.ipv4_lookup(name)
+            .await
+            .map(|l| l.answers().iter().filter_map(a_text).collect())
+            .map_err(dns_error))
     }
-    fn lookup_aaaa(&mut self, _name: String) -> Result<Vec<String>, dns::DnsError> {
-        Err(dns::DnsError::Denied)
+    async fn lookup_aaaa(&mut self, name: String) -> DnsResult<String> {
+        let r = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(r.ipv6_lookup(name)
+            .await
+            .map(|l| l.answers().iter().filter_map(a_text).collect())
+            .map_err(dns_error))
     }
-    fn lookup_mx(&mut self, _domain: String) -> Result<Vec<dns::Mx>, dns::DnsError> {
-        Err(dns::DnsError::Denied)
+    async fn lookup_mx(&mut self, domain: String) -> DnsResult<dns::Mx> {
+        let r = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(r.mx_lookup(domain)
+            .await
+            .map(|l| {
+                l.answers()
+                    .iter()
+                    .filter_map(|rec| match &rec.data {
+                        hickory_resolver::proto::rr::RData::MX(mx) => Some(dns::Mx {
+                            preference: mx.preference,
+                            exchange: mx.exchange.to_utf8(),
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .map_err(dns_error))
     }
-    fn lookup_txt(&mut self, _name: String) -> Result<Vec<String>, dns::DnsError> {
-        Err(dns::DnsError::Denied)
+    async fn lookup_txt(&mut self, name: String) -> DnsResult<String> {
+        let r = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(r.txt_lookup(name)
+            .await
+            .map(|l| {
+                l.answers()
+                    .iter()
+                    .filter_map(|rec| match &rec.data {
+                        hickory_resolver::proto::rr::RData::TXT(t) => Some(
+                            t.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .map_err(dns_error))
     }
-    fn lookup_ptr(&mut self, _ip: String) -> Result<Vec<String>, dns::DnsError> {
-        Err(dns::DnsError::Denied)
+    async fn lookup_ptr(&mut self, ip: String) -> DnsResult<String> {
+        let r = match self.resolver() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+            return Ok(Err(dns::DnsError::NotFound));
+        };
+        Ok(r.reverse_lookup(addr)
+            .await
+            .map(|l| {
+                l.answers()
+                    .iter()
+                    .filter_map(|rec| match &rec.data {
+                        hickory_resolver::proto::rr::RData::PTR(p) => Some(p.0.to_utf8()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .map_err(dns_error))
     }
 }
 
+fn a_text(rec: &hickory_resolver::proto::rr::Record) -> Option<String> {
+    use hickory_resolver::proto::rr::RData;
+    match &rec.data {
+        RData::A(a) => Some(a.0.to_string()),
+        RData::AAAA(a) => Some(a.0.to_string()),
+        _ => None,
+    }
+}
+
+type StateResult<T> = Trappable<Result<T, state::StateError>>;
+
 impl state::Host for HostState {
-    fn incr(&mut self, _key: String, _by: u64, _window: u32) -> Result<u64, state::StateError> {
-        Err(state::StateError::Denied)
+    async fn incr(&mut self, key: String, by: u64, window: u32) -> StateResult<u64> {
+        if !self.granted(Grant::State) {
+            return Ok(Err(state::StateError::Denied));
+        }
+        let window = Duration::from_secs(u64::from(window.max(1)));
+        Ok(Ok(self.services.state.incr(&self.plugin, &key, by, window)))
     }
-    fn get(&mut self, _key: String) -> Result<Option<Vec<u8>>, state::StateError> {
-        Err(state::StateError::Denied)
+    async fn get(&mut self, key: String) -> StateResult<Option<Vec<u8>>> {
+        if !self.granted(Grant::State) {
+            return Ok(Err(state::StateError::Denied));
+        }
+        Ok(Ok(self.services.state.get(&self.plugin, &key)))
     }
-    fn set(&mut self, _key: String, _value: Vec<u8>, _ttl: u32) -> Result<(), state::StateError> {
-        Err(state::StateError::Denied)
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl: u32) -> StateResult<()> {
+        if !self.granted(Grant::State) {
+            return Ok(Err(state::StateError::Denied));
+        }
+        let ttl = Duration::from_secs(u64::from(ttl));
+        self.services.state.set(&self.plugin, &key, value, ttl);
+        Ok(Ok(()))
     }
-    fn set_if_absent(
-        &mut self,
-        _key: String,
-        _value: Vec<u8>,
-        _ttl: u32,
-    ) -> Result<bool, state::StateError> {
-        Err(state::StateError::Denied)
+    async fn set_if_absent(&mut self, key: String, value: Vec<u8>, ttl: u32) -> StateResult<bool> {
+        if !self.granted(Grant::State) {
+            return Ok(Err(state::StateError::Denied));
+        }
+        let ttl = Duration::from_secs(u64::from(ttl));
+        Ok(Ok(self.services.state.set_if_absent(
+            &self.plugin,
+            &key,
+            value,
+            ttl,
+        )))
     }
 }
 
 impl auth_results::Host for HostState {
-    fn results(&mut self) -> Vec<auth_results::AuthResult> {
-        Vec::new()
+    fn results(&mut self) -> Trappable<Vec<auth_results::AuthResult>> {
+        // Filled by the email-authentication issue.
+        Ok(Vec::new())
     }
 }
 
 impl message::Host for HostState {}
 
+impl HostState {
+    fn view(&self, msg: &Resource<MessageData>) -> wasmtime::Result<Arc<MessageView>> {
+        Ok(self.table.get(msg)?.0.clone())
+    }
+}
+
 impl message::HostMessage for HostState {
-    fn raw_size(&mut self, msg: Resource<MessageData>) -> u64 {
-        self.table
-            .get(&msg)
-            .map(|m| m.raw.len() as u64)
-            .unwrap_or(0)
+    fn raw_size(&mut self, msg: Resource<MessageData>) -> Trappable<u64> {
+        Ok(self.view(&msg)?.raw().len() as u64)
     }
-    fn headers(&mut self, _msg: Resource<MessageData>) -> Vec<types::Header> {
-        Vec::new()
+    fn headers(&mut self, msg: Resource<MessageData>) -> Trappable<Vec<types::Header>> {
+        Ok(self.view(&msg)?.headers().to_vec())
     }
-    fn header(&mut self, _msg: Resource<MessageData>, _name: String) -> Vec<String> {
-        Vec::new()
+    fn header(&mut self, msg: Resource<MessageData>, name: String) -> Trappable<Vec<String>> {
+        Ok(self.view(&msg)?.header(&name))
     }
-    fn parts(&mut self, _msg: Resource<MessageData>) -> Vec<types::PartInfo> {
-        Vec::new()
+    fn parts(&mut self, msg: Resource<MessageData>) -> Trappable<Vec<types::PartInfo>> {
+        Ok(self.view(&msg)?.parts())
     }
-    fn part_bytes(&mut self, _msg: Resource<MessageData>, _id: u32) -> Result<Vec<u8>, String> {
-        Err("not available yet".into())
+    fn part_bytes(
+        &mut self,
+        msg: Resource<MessageData>,
+        id: u32,
+    ) -> Trappable<Result<Vec<u8>, String>> {
+        if !self.granted(Grant::Body) {
+            return Ok(Err("denied: the plugin has no `body` grant".into()));
+        }
+        let view = self.view(&msg)?;
+        Ok(view
+            .part_bytes(id)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("no part {id}")))
     }
-    fn raw(&mut self, _msg: Resource<MessageData>) -> Result<Vec<u8>, String> {
-        Err("not available yet".into())
+    fn raw(&mut self, msg: Resource<MessageData>) -> Trappable<Result<Vec<u8>, String>> {
+        if !self.granted(Grant::Body) {
+            return Ok(Err("denied: the plugin has no `body` grant".into()));
+        }
+        Ok(Ok(self.view(&msg)?.raw().to_vec()))
     }
     fn drop(&mut self, msg: Resource<MessageData>) -> wasmtime::Result<()> {
         self.table.delete(msg)?;

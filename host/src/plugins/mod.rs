@@ -1,59 +1,54 @@
 //! The plugin runtime: WebAssembly components (the `plugin` world of
 //! `wit/plugin.wit`) run by wasmtime at the hooks of a transaction.
 //!
-//! Duty: load each `NAME.wasm` of the plugin directory once (compiled at
-//! load, never on the hot path), keep a pool of ready instances per plugin,
-//! run a listener's chain of plugins at a hook, and turn their verdicts into
-//! replies.
+//! Duty: load each `NAME.wasm` the chains name (compiled once, through the
+//! on-disk cache, never on the hot path), keep a pool of ready instances per
+//! plugin, run a listener's chain at a hook, and turn the verdicts into an
+//! [`Outcome`] and a list of mutations. Reloads build a new [`Generation`]
+//! beside the serving one and swap it in only when every plugin loaded;
+//! sessions keep the generation they started with.
 //!
 //! Distrusts: the plugins. Every call runs under an epoch deadline and a
 //! memory limit; WASI is linked with nothing granted (no files, sockets,
-//! environment or inherited stdio). A trap, an overrun or a breach is
-//! logged with the plugin's name, the instance is dropped (a trapped
-//! instance cannot be entered again), and the chain's `on_error` policy
-//! answers.
+//! environment or inherited stdio), and the host imports check the
+//! plugin's grants. A trap, an overrun or a breach is logged with the
+//! plugin's name, the instance is dropped (a trapped instance cannot be
+//! entered again), and the chain's `on_error` policy answers.
 //!
 //! Never: touches a socket or a file on behalf of a plugin.
-//!
-//! This is the first slice of the runtime: the envelope hooks (connect,
-//! helo, mail-from, rcpt) with the log and config imports. DNS and state calls answer
-//! `denied`, the message resource and the data hooks, reload, grants,
-//! `weir plugin test` and the compiled-artifact cache are still to come.
 
+mod cache;
 mod host;
+pub mod message;
+pub mod state;
+pub mod stats;
 
 pub use host::bindings as host_bindings;
+pub use host::{HostState, Services};
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
 pub use host::bindings::weir::plugin::types::{
-    Connection, Envelope, Hook, Reply as PluginReply, TlsInfo, Verdict,
+    Connection, Decision, DeliveryOutcome, Envelope, Header, Hook, Mutation, PartReplacement,
+    Reply as PluginReply, TlsInfo, Verdict,
 };
+pub use message::MessageView;
 
-/// One call into a plugin instance: which export, with what.
-pub type Call<'a> =
-    dyn Fn(&host::bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<Verdict> + 'a;
-
-use crate::config::{OnError, PluginsConfig};
+use crate::config::{ChainEntry, Grant, ListenerConfig, OnError, PluginSettings, PluginsConfig};
 use crate::smtp::{Enhanced, Reply};
 
 /// Epoch ticks: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
-/// Deadline of an envelope-stage call.
-const ENVELOPE_DEADLINE: Duration = Duration::from_millis(100);
-/// Memory one instance may grow to.
-const MEMORY_LIMIT: usize = 64 << 20;
-/// Ready instances kept per plugin.
-const POOL_SIZE: usize = 16;
+/// Memory the engine's instance slots are sized for, at least.
+const MIN_SLOT_MEMORY: u64 = 64 << 20;
 
 /// Why the plugins could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -87,47 +82,6 @@ pub enum PluginError {
     },
 }
 
-/// Per-store state: WASI (with nothing granted), resources, limits, and the
-/// plugin's identity for its imports.
-pub struct HostState {
-    wasi: wasmtime_wasi::WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    plugin: Arc<str>,
-    config: Arc<str>,
-}
-
-/// One loaded plugin.
-struct Plugin {
-    name: Arc<str>,
-    config: Arc<str>,
-    pre: host::bindings::PluginPre<HostState>,
-    hooks: Vec<Hook>,
-    /// Ready instances, each in its own store, already given `init`.
-    pool: Mutex<Vec<Ready>>,
-}
-
-struct Ready {
-    store: Store<HostState>,
-    instance: host::bindings::Plugin,
-}
-
-/// The loaded plugins and the chains that use them.
-pub struct Runtime {
-    plugins: HashMap<String, Arc<Plugin>>,
-    on_error: OnError,
-    _ticker: Ticker,
-}
-
-/// Advances the engine's epoch; stops when dropped.
-struct Ticker(Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// What a chain decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -137,99 +91,251 @@ pub enum Outcome {
     Refuse(Reply),
     /// Answer with this reply, then close.
     Disconnect(Reply),
+    /// (data, pre-delivery) Accept, then drop the message.
+    Discard {
+        /// The plugin that decided.
+        plugin: String,
+    },
+    /// (data, pre-delivery) Accept into the quarantine.
+    Quarantine {
+        /// The plugin that decided.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
 }
 
-impl Runtime {
-    /// Loads every plugin the chains name from `config.dir`.
-    pub fn load(config: &PluginsConfig, chains: &[&[String]]) -> Result<Runtime, PluginError> {
-        let mut wasm = Config::new();
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(2000)
-            .total_memories(2000)
-            .max_memory_size(MEMORY_LIMIT)
-            .linear_memory_keep_resident(64 << 10);
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .concurrency_support(false)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| PluginError::Engine(e.to_string()))?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
-        host::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| PluginError::Engine(e.to_string()))?;
+/// A chain's verdict and the changes its plugins asked for, in order.
+#[derive(Debug)]
+pub struct ChainResult {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Mutations to apply if the message goes on.
+    pub mutations: Vec<Mutation>,
+}
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (engine, stop) = (engine.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("plugin-epoch".into())
-                .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(|e| PluginError::Engine(e.to_string()))?;
-        }
+/// The arguments of one hook.
+pub enum HookArgs {
+    /// A client connected.
+    Connect(Connection),
+    /// EHLO/HELO.
+    Helo(Connection),
+    /// MAIL FROM.
+    MailFrom(Connection, Envelope),
+    /// RCPT TO (the recipient).
+    Rcpt(Connection, Envelope, String),
+    /// End of data.
+    Data(Connection, Envelope, Arc<MessageView>),
+    /// Before delivery to a destination.
+    PreDelivery(Envelope, String, Arc<MessageView>),
+    /// After a delivery attempt.
+    DeliveryResult(Envelope, Vec<DeliveryOutcome>),
+}
 
-        let mut plugins = HashMap::new();
-        for name in chains.iter().flat_map(|c| c.iter()) {
-            if plugins.contains_key(name) {
-                continue;
-            }
-            let plugin = load_one(&engine, &linker, &config.dir, name)?;
-            plugins.insert(name.clone(), Arc::new(plugin));
+impl HookArgs {
+    /// The hook these arguments are for.
+    pub fn hook(&self) -> Hook {
+        match self {
+            HookArgs::Connect(_) => Hook::Connect,
+            HookArgs::Helo(_) => Hook::Helo,
+            HookArgs::MailFrom(..) => Hook::MailFrom,
+            HookArgs::Rcpt(..) => Hook::Rcpt,
+            HookArgs::Data(..) => Hook::Data,
+            HookArgs::PreDelivery(..) => Hook::PreDelivery,
+            HookArgs::DeliveryResult(..) => Hook::DeliveryResult,
         }
-        Ok(Runtime {
-            plugins,
-            on_error: config.on_error,
-            _ticker: Ticker(stop),
-        })
+    }
+}
+
+fn hook_index(hook: Hook) -> usize {
+    match hook {
+        Hook::Connect => 0,
+        Hook::Helo => 1,
+        Hook::MailFrom => 2,
+        Hook::Rcpt => 3,
+        Hook::Data => 4,
+        Hook::PreDelivery => 5,
+        Hook::DeliveryResult => 6,
+    }
+}
+
+/// The hooks' names as the configuration spells them, in [`Hook`] order.
+const HOOK_NAMES: [&str; 7] = [
+    "connect",
+    "helo",
+    "mail_from",
+    "rcpt",
+    "data",
+    "pre_delivery",
+    "delivery_result",
+];
+
+/// The hook's name as the configuration spells it.
+pub fn hook_name(hook: Hook) -> &'static str {
+    HOOK_NAMES[hook_index(hook)]
+}
+
+/// One loaded plugin (a `.wasm` with one configuration).
+pub struct Plugin {
+    /// Its name (the file's stem).
+    pub name: Arc<str>,
+    /// The name plus, for a chain entry with its own configuration, a
+    /// suffix that tells the two apart.
+    pub key: String,
+    /// The configuration its instances got.
+    pub config: Arc<str>,
+    /// Its grants and limits.
+    pub settings: PluginSettings,
+    grants: Arc<[Grant]>,
+    /// SHA-256 of the `.wasm`.
+    pub digest: String,
+    /// The hooks it implements.
+    pub hooks: Vec<Hook>,
+    /// Its counters.
+    pub stats: stats::Stats,
+    pre: host::bindings::PluginPre<HostState>,
+    services: Arc<Services>,
+    memory_limit: usize,
+    /// Ready instances, each in its own store, already given `init`.
+    pool: Mutex<Vec<Ready>>,
+}
+
+struct Ready {
+    store: Store<HostState>,
+    instance: host::bindings::Plugin,
+}
+
+/// A plugin in a chain, with the entry's failure policy.
+#[derive(Clone)]
+pub struct Link {
+    /// The plugin.
+    pub plugin: Arc<Plugin>,
+    /// What a failure of it means.
+    pub on_error: OnError,
+}
+
+/// One set of loaded plugins and the chains that use them. Swapped whole
+/// on reload.
+pub struct Generation {
+    /// Loaded plugins by key.
+    pub plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Per listener, per hook (in [`Hook`] order).
+    chains: HashMap<String, [Vec<Link>; 7]>,
+}
+
+impl Generation {
+    /// No plugins at all.
+    pub fn empty() -> Generation {
+        Generation {
+            plugins: BTreeMap::new(),
+            chains: HashMap::new(),
+        }
     }
 
-    /// Runs a chain at an envelope hook: the first plugin with an opinion
-    /// decides.
-    pub fn run(&self, chain: &[String], hook: Hook, call: &Call<'_>) -> Outcome {
-        for name in chain {
-            let Some(plugin) = self.plugins.get(name) else {
-                continue;
-            };
+    /// The chain of `listener` at `hook` (empty if none).
+    pub fn chain(&self, listener: &str, hook: Hook) -> &[Link] {
+        self.chains
+            .get(listener)
+            .map(|c| c[hook_index(hook)].as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Whether `listener` has plugins at `hook`: ask first, and build the
+    /// hook's arguments only then.
+    pub fn has_chain(&self, listener: &str, hook: Hook) -> bool {
+        !self.chain(listener, hook).is_empty()
+    }
+
+    /// Runs the chain of `listener` for `args`: the first plugin with an
+    /// opinion decides; mutations are collected from every plugin that ran.
+    pub async fn run(&self, listener: &str, args: HookArgs) -> ChainResult {
+        let hook = args.hook();
+        let mut mutations = Vec::new();
+        for link in self.chain(listener, hook) {
+            let plugin = &link.plugin;
             if !plugin.hooks.contains(&hook) {
                 continue;
             }
-            let verdict = match plugin.call(call) {
-                Ok(v) => v,
+            let decision = match plugin.call(&args).await {
+                Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(plugin = %name, hook = ?hook, error = %e, "plugin failed; on_error applies");
-                    match self.on_error {
+                    tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), error = %e, "plugin failed; on_error applies");
+                    match link.on_error {
                         OnError::Continue => continue,
                         OnError::Tempfail => {
-                            return Outcome::Refuse(Reply::new(
-                                451,
-                                Enhanced(4, 3, 0),
-                                "Temporary policy failure, try again later",
-                            ));
+                            return ChainResult {
+                                outcome: Outcome::Refuse(Reply::new(
+                                    451,
+                                    Enhanced(4, 3, 0),
+                                    "Temporary policy failure, try again later",
+                                )),
+                                mutations,
+                            };
                         }
                     }
                 }
             };
-            match verdict {
-                Verdict::Continue | Verdict::Discard | Verdict::Quarantine(_) => continue,
-                Verdict::Accept => return Outcome::Continue,
-                Verdict::Reject(r) => return Outcome::Refuse(to_reply(name, r, 5)),
-                Verdict::Tempfail(r) => return Outcome::Refuse(to_reply(name, r, 4)),
+            let changes_message = decision
+                .mutations
+                .iter()
+                .any(|m| !matches!(m, Mutation::Tag(_) | Mutation::AddScore(_)));
+            if changes_message && !plugin.grants.contains(&Grant::Modify) {
+                tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), "plugin asked for changes without the `modify` grant; ignored");
+                mutations.extend(
+                    decision
+                        .mutations
+                        .into_iter()
+                        .filter(|m| matches!(m, Mutation::Tag(_) | Mutation::AddScore(_))),
+                );
+            } else {
+                mutations.extend(decision.mutations);
+            }
+            let data_stage = matches!(hook, Hook::Data | Hook::PreDelivery);
+            let name = &plugin.name;
+            let outcome = match decision.verdict {
+                Verdict::Continue => continue,
+                Verdict::Discard | Verdict::Quarantine(_) if !data_stage => continue,
+                Verdict::Accept => Outcome::Continue,
+                Verdict::Reject(r) => Outcome::Refuse(to_reply(name, r, 5)),
+                Verdict::Tempfail(r) => Outcome::Refuse(to_reply(name, r, 4)),
                 Verdict::Disconnect(r) => {
                     let class = if r.code == 421 { 4 } else { 5 };
-                    return Outcome::Disconnect(to_reply(name, r, class));
+                    Outcome::Disconnect(to_reply(name, r, class))
+                }
+                Verdict::Discard => Outcome::Discard {
+                    plugin: name.to_string(),
+                },
+                Verdict::Quarantine(reason) => Outcome::Quarantine {
+                    plugin: name.to_string(),
+                    reason,
+                },
+            };
+            return ChainResult { outcome, mutations };
+        }
+        ChainResult {
+            outcome: Outcome::Continue,
+            mutations,
+        }
+    }
+
+    /// Each listener's chains, for `weir plugins ls`: (listener, hook,
+    /// plugin keys in order).
+    pub fn describe_chains(&self) -> Vec<(String, &'static str, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut listeners: Vec<&String> = self.chains.keys().collect();
+        listeners.sort();
+        for l in listeners {
+            for (i, chain) in self.chains[l].iter().enumerate() {
+                if !chain.is_empty() {
+                    out.push((
+                        l.clone(),
+                        HOOK_NAMES[i],
+                        chain.iter().map(|c| c.plugin.key.clone()).collect(),
+                    ));
                 }
             }
         }
-        Outcome::Continue
+        out
     }
 }
 
@@ -269,56 +375,262 @@ fn parse_enhanced(s: &str) -> Option<Enhanced> {
         .then_some(Enhanced(class, subject, detail))
 }
 
-fn load_one(
-    engine: &Engine,
-    linker: &Linker<HostState>,
-    dir: &Path,
-    name: &str,
-) -> Result<Plugin, PluginError> {
-    let path = dir.join(format!("{name}.wasm"));
-    if !path.exists() {
-        return Err(PluginError::Missing {
-            name: name.into(),
-            path: path.display().to_string(),
-        });
+/// The engine, the linker, the services the imports reach, and the
+/// generation serving now.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    services: Arc<Services>,
+    cache_dir: Option<PathBuf>,
+    slot_memory: u64,
+    current: RwLock<Arc<Generation>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    _ticker: Ticker,
+}
+
+/// Advances the engine's epoch; stops when dropped.
+struct Ticker(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let invalid = |reason: String| PluginError::Invalid {
-        name: name.into(),
-        reason,
-    };
-    let component = Component::from_file(engine, &path).map_err(|e| invalid(format!("{e:#}")))?;
-    let instance_pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| invalid(format!("{e:#}")))?;
-    let pre =
-        host::bindings::PluginPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
-    let config_path = dir.join(format!("{name}.toml"));
-    let config: Arc<str> = std::fs::read_to_string(&config_path)
-        .unwrap_or_default()
-        .into();
-    let mut plugin = Plugin {
-        name: name.into(),
-        config,
-        pre,
-        hooks: Vec::new(),
-        pool: Mutex::new(Vec::new()),
-    };
-    // One instance now: it checks the configuration and names the hooks.
-    let mut ready = plugin.instantiate().map_err(|e| match e {
-        InitError::Refused(reason) => PluginError::Refused {
+}
+
+impl Runtime {
+    /// Sets up the engine (no plugin loaded yet). `cache_dir` keeps the
+    /// compiled components.
+    pub fn new(
+        config: &PluginsConfig,
+        services: Services,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Runtime, PluginError> {
+        // Every instance slot is as large as the largest memory limit.
+        let slot_memory = config
+            .settings
+            .values()
+            .map(|s| s.memory_limit.as_u64())
+            .max()
+            .unwrap_or(0)
+            .max(MIN_SLOT_MEMORY);
+        let mut wasm = Config::new();
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(2000)
+            .total_memories(2000)
+            .max_memory_size(slot_memory as usize)
+            .linear_memory_keep_resident(64 << 10);
+        // Pitfall (wasmtime 48): concurrency support on makes every call
+        // 2-4x slower, and the plugin ABI is the synchronous one.
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .concurrency_support(false)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| PluginError::Engine(e.to_string()))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        host::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| PluginError::Engine(e.to_string()))?;
+        }
+        Ok(Runtime {
+            engine,
+            linker,
+            services: Arc::new(services),
+            cache_dir,
+            slot_memory,
+            current: RwLock::new(Arc::new(Generation::empty())),
+            reloading: tokio::sync::Mutex::new(()),
+            _ticker: Ticker(stop),
+        })
+    }
+
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .expect("generation lock poisoned")
+            .clone()
+    }
+
+    /// Loads every plugin the listeners' chains name and makes that the
+    /// serving generation; on any error the serving one stays and the
+    /// error names the plugin. Plugins whose file, configuration and
+    /// settings did not change are kept as they are (their instances too).
+    pub async fn load(
+        &self,
+        config: &PluginsConfig,
+        listeners: &[ListenerConfig],
+    ) -> Result<Arc<Generation>, PluginError> {
+        let _one = self.reloading.lock().await;
+        let previous = self.current();
+        let mut plugins: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+        let mut chains = HashMap::new();
+        for l in listeners {
+            let mut by_hook: [Vec<Link>; 7] = Default::default();
+            for (i, (_, entries)) in l.chains.all().into_iter().enumerate() {
+                for entry in entries {
+                    let plugin = self
+                        .plugin_for(config, entry, &previous, &mut plugins)
+                        .await?;
+                    by_hook[i].push(Link {
+                        plugin,
+                        on_error: entry.on_error().unwrap_or(config.on_error),
+                    });
+                }
+            }
+            chains.insert(l.name.clone(), by_hook);
+        }
+        let generation = Arc::new(Generation { plugins, chains });
+        *self.current.write().expect("generation lock poisoned") = generation.clone();
+        Ok(generation)
+    }
+
+    async fn plugin_for(
+        &self,
+        config: &PluginsConfig,
+        entry: &ChainEntry,
+        previous: &Generation,
+        loaded: &mut BTreeMap<String, Arc<Plugin>>,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let name = entry.plugin();
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(PluginError::Invalid {
+                name: name.into(),
+                reason: "a plugin name is a file name in plugins.dir, without .wasm".into(),
+            });
+        }
+        let key = match entry.config() {
+            None => name.to_string(),
+            Some(table) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                toml::to_string(table).unwrap_or_default().hash(&mut h);
+                format!("{name}#{:08x}", h.finish() as u32)
+            }
+        };
+        if let Some(p) = loaded.get(&key) {
+            return Ok(p.clone());
+        }
+        let mut settings = config.settings_of(name);
+        if settings.memory_limit.as_u64() > self.slot_memory {
+            tracing::warn!(
+                plugin = name,
+                "memory_limit above what this engine was started with; a restart applies it"
+            );
+            settings.memory_limit = bytesize::ByteSize::b(self.slot_memory);
+        }
+        let text = plugin_config(&config.dir, name, &settings.config, entry.config())?;
+        let wasm = config.dir.join(format!("{name}.wasm"));
+        if !wasm.exists() {
+            return Err(PluginError::Missing {
+                name: name.into(),
+                path: wasm.display().to_string(),
+            });
+        }
+        let invalid = |reason: String| PluginError::Invalid {
             name: name.into(),
             reason,
-        },
-        InitError::Trap(e) => invalid(format!("{e:#}")),
+        };
+        // Compiling is CPU work of up to seconds: off the async workers.
+        let (engine, cache, path) = (self.engine.clone(), self.cache_dir.clone(), wasm.clone());
+        let compiled =
+            tokio::task::spawn_blocking(move || cache::load(&engine, &path, cache.as_deref()))
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(invalid)?;
+        if let Some(p) = previous.plugins.get(&key)
+            && p.digest == compiled.digest
+            && *p.config == *text
+            && p.settings == settings
+        {
+            loaded.insert(key, p.clone());
+            return Ok(p.clone());
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre =
+            host::bindings::PluginPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let mut plugin = Plugin {
+            name: name.into(),
+            key: key.clone(),
+            config: text.into(),
+            grants: settings.grants.clone().into(),
+            memory_limit: settings.memory_limit.as_u64() as usize,
+            settings,
+            digest: compiled.digest,
+            hooks: Vec::new(),
+            stats: stats::Stats::default(),
+            pre,
+            services: self.services.clone(),
+            pool: Mutex::new(Vec::new()),
+        };
+        // One instance now: it checks the configuration and names the hooks.
+        let mut ready = plugin.instantiate().await.map_err(|e| match e {
+            InitError::Refused(reason) => PluginError::Refused {
+                name: name.into(),
+                reason,
+            },
+            InitError::Trap(e) => invalid(format!("{e:#}")),
+        })?;
+        ready
+            .store
+            .set_epoch_deadline(ticks(plugin.settings.deadline));
+        plugin.hooks = ready
+            .instance
+            .call_hooks(&mut ready.store)
+            .await
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        tracing::info!(plugin = name, key, hooks = ?plugin.hooks, cached = compiled.cached, "plugin loaded");
+        plugin.pool.lock().expect("pool poisoned").push(ready);
+        let plugin = Arc::new(plugin);
+        loaded.insert(key, plugin.clone());
+        Ok(plugin)
+    }
+}
+
+/// The configuration text a plugin gets: `NAME.toml`, with the settings'
+/// table and then the chain entry's merged over it, key by key.
+fn plugin_config(
+    dir: &Path,
+    name: &str,
+    settings: &toml::Table,
+    entry: Option<&toml::Table>,
+) -> Result<String, PluginError> {
+    let path = dir.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    if settings.is_empty() && entry.is_none() {
+        return Ok(text);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| PluginError::Invalid {
+        name: name.into(),
+        reason: format!("{}: {e}", path.display()),
     })?;
-    ready.store.set_epoch_deadline(ticks(ENVELOPE_DEADLINE));
-    plugin.hooks = ready
-        .instance
-        .call_hooks(&mut ready.store)
-        .map_err(|e| invalid(format!("{e:#}")))?;
-    tracing::info!(plugin = name, hooks = ?plugin.hooks, "plugin loaded");
-    plugin.pool.lock().expect("pool poisoned").push(ready);
-    Ok(plugin)
+    for over in [Some(settings), entry].into_iter().flatten() {
+        for (k, v) in over {
+            table.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(toml::to_string(&table).unwrap_or_default())
 }
 
 enum InitError {
@@ -332,47 +644,120 @@ fn ticks(d: Duration) -> u64 {
 
 impl Plugin {
     /// A new instance in its own store, given `init`.
-    fn instantiate(&self) -> Result<Ready, InitError> {
+    async fn instantiate(&self) -> Result<Ready, InitError> {
         let state = HostState {
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit)
+                .build(),
             plugin: self.name.clone(),
             config: self.config.clone(),
+            grants: self.grants.clone(),
+            services: self.services.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(ticks(ENVELOPE_DEADLINE));
-        let instance = self.pre.instantiate(&mut store).map_err(InitError::Trap)?;
+        store.set_epoch_deadline(ticks(self.settings.data_deadline));
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(InitError::Trap)?;
         instance
             .call_init(&mut store, &self.config)
+            .await
             .map_err(InitError::Trap)?
             .map_err(InitError::Refused)?;
         Ok(Ready { store, instance })
     }
 
-    /// Calls into a pooled (or new) instance under the deadline; an instance
-    /// that failed is dropped, not returned to the pool.
-    fn call(&self, call: &Call<'_>) -> Result<Verdict, String> {
+    /// Calls the hook of `args` on a pooled (or new) instance under the
+    /// deadline; an instance that failed is dropped, not returned.
+    pub async fn call(&self, args: &HookArgs) -> Result<Decision, String> {
+        let started = Instant::now();
         let ready = self.pool.lock().expect("pool poisoned").pop();
         let mut ready = match ready {
             Some(r) => r,
-            None => self.instantiate().map_err(|e| match e {
+            None => self.instantiate().await.map_err(|e| match e {
                 InitError::Refused(r) => format!("init refused: {r}"),
                 InitError::Trap(e) => format!("{e:#}"),
             })?,
         };
-        ready.store.set_epoch_deadline(ticks(ENVELOPE_DEADLINE));
-        let result = call(&ready.instance, &mut ready.store);
+        let deadline = match args.hook() {
+            Hook::Data | Hook::PreDelivery | Hook::DeliveryResult => self.settings.data_deadline,
+            _ => self.settings.deadline,
+        };
+        ready.store.set_epoch_deadline(ticks(deadline));
+        let result = call_export(&ready.instance, &mut ready.store, args).await;
         match result {
-            Ok(v) => {
+            Ok(decision) => {
+                self.stats
+                    .record(stats::Ended::Verdict(&decision.verdict), started.elapsed());
                 let mut pool = self.pool.lock().expect("pool poisoned");
-                if pool.len() < POOL_SIZE {
+                if pool.len() < self.settings.instances {
                     pool.push(ready);
                 }
-                Ok(v)
+                Ok(decision)
             }
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => {
+                let timeout =
+                    e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt);
+                let ended = if timeout {
+                    stats::Ended::Timeout
+                } else {
+                    stats::Ended::Trap
+                };
+                self.stats.record(ended, started.elapsed());
+                if timeout {
+                    Err(format!("deadline of {deadline:?} passed"))
+                } else {
+                    Err(format!("{e:#}"))
+                }
+            }
         }
     }
+}
+
+/// The message as a resource for one call: the owned handle (to delete
+/// after the call) and the borrow the export takes.
+type Lent = (Resource<host::MessageData>, Resource<host::MessageData>);
+
+fn lend(store: &mut Store<HostState>, m: &Arc<MessageView>) -> wasmtime::Result<Lent> {
+    let owned = store.data_mut().table.push(host::MessageData(m.clone()))?;
+    let borrow = Resource::new_borrow(owned.rep());
+    Ok((owned, borrow))
+}
+
+async fn call_export(
+    p: &host::bindings::Plugin,
+    store: &mut Store<HostState>,
+    args: &HookArgs,
+) -> wasmtime::Result<Decision> {
+    let plain = |verdict| Decision {
+        verdict,
+        mutations: Vec::new(),
+    };
+    Ok(match args {
+        HookArgs::Connect(c) => plain(p.call_on_connect(&mut *store, c).await?),
+        HookArgs::Helo(c) => plain(p.call_on_helo(&mut *store, c).await?),
+        HookArgs::MailFrom(c, e) => plain(p.call_on_mail_from(&mut *store, c, e).await?),
+        HookArgs::Rcpt(c, e, r) => plain(p.call_on_rcpt(&mut *store, c, e, r).await?),
+        HookArgs::Data(c, e, m) => {
+            let (owned, borrow) = lend(store, m)?;
+            let result = p.call_on_data(&mut *store, c, e, borrow).await;
+            store.data_mut().table.delete(owned)?;
+            result?
+        }
+        HookArgs::PreDelivery(e, d, m) => {
+            let (owned, borrow) = lend(store, m)?;
+            let result = p.call_on_pre_delivery(&mut *store, e, d, borrow).await;
+            store.data_mut().table.delete(owned)?;
+            result?
+        }
+        HookArgs::DeliveryResult(e, o) => {
+            p.call_on_delivery_result(&mut *store, e, o).await?;
+            plain(Verdict::Continue)
+        }
+    })
 }

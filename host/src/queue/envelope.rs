@@ -31,6 +31,13 @@ pub struct Envelope {
     pub received_at: i64,
     /// Size of the stored message in bytes (with our Received header).
     pub size: u64,
+    /// A route (send connector) chosen by a plugin, by name, instead of
+    /// routing by recipient domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// A plugin asked for delivery over TLS only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 impl Envelope {

@@ -304,7 +304,7 @@ impl Manager {
                 next_due = Some(next_due.map_or(*next_attempt, |d: i64| d.min(*next_attempt)));
                 continue;
             }
-            match self.delivery.next_hop(&e.envelope.recipients[i].address) {
+            match self.delivery.next_hop_for(&e.envelope, i) {
                 Some(hop) => groups.entry(hop).or_default().push(i),
                 None => unroutable.push(i),
             }
@@ -620,6 +620,8 @@ async fn store_dsn(
         },
         received_at: chrono::Utc::now().timestamp(),
         size: bytes.len() as u64,
+        route: None,
+        require_tls: false,
     };
     let location = spool.store(&dsn_envelope, bytes).await?;
     Ok(Some(StoredMessage {

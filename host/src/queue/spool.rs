@@ -830,6 +830,8 @@ mod tests {
             },
             received_at: 0,
             size: 5,
+            route: None,
+            require_tls: false,
         }
     }
 

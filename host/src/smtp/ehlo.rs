@@ -10,7 +10,7 @@ use super::session::{Session, Step};
 use crate::config::TlsMode;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn ehlo(&mut self, host: String, extended: bool) -> Step {
+    pub(super) async fn ehlo(&mut self, host: String, extended: bool) -> Step {
         if !valid_helo(&host) {
             return self.error(Reply::syntax(if extended {
                 "EHLO domain-or-address-literal"
@@ -20,11 +20,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.txn = None;
         let previous = self.helo.replace(host);
-        let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>,
-                    conn: &crate::plugins::Connection,
-                    _: &crate::plugins::Envelope| p.call_on_helo(s, conn);
-        if let Some(step) = self.run_chain(crate::plugins::Hook::Helo, &call) {
+        if let Some(step) = self.run_chain(crate::plugins::Hook::Helo, None).await {
             // Refused: the client has not said hello.
             self.helo = previous;
             return step;

@@ -19,7 +19,7 @@ const UNANNOUNCED: u64 = smtp_proto::MAIL_BODY_BINARYMIME
     | smtp_proto::MAIL_BY_TRACE;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn mail(&mut self, from: MailFrom<String>) -> Step {
+    pub(super) async fn mail(&mut self, from: MailFrom<String>) -> Step {
         if self.helo.is_none() {
             return self.error(Reply::bad_sequence("Error: send HELO/EHLO first"));
         }
@@ -76,12 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             smtputf8,
             chunks: None,
         });
-        let call =
-            |p: &crate::plugins::host_bindings::Plugin,
-             s: &mut wasmtime::Store<crate::plugins::HostState>,
-             conn: &crate::plugins::Connection,
-             env: &crate::plugins::Envelope| p.call_on_mail_from(s, conn, env);
-        if let Some(step) = self.run_chain(crate::plugins::Hook::MailFrom, &call) {
+        if let Some(step) = self.run_chain(crate::plugins::Hook::MailFrom, None).await {
             // Refused: no transaction is open.
             self.txn = None;
             return step;

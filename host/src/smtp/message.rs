@@ -7,9 +7,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::data::{DotReader, has_bare_line_ending};
 use super::received::Stamp;
-use super::reply::Reply;
+use super::reply::{Enhanced, Reply};
 use super::session::{Session, Step, Transaction};
-use crate::queue::Envelope;
+use crate::plugins::message::{EnvelopeChanges, MessageView, apply};
+use crate::queue::{Envelope, Recipient};
+use std::sync::Arc;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) async fn data(&mut self) -> Step {
@@ -167,7 +169,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         out
     }
 
-    async fn store(&mut self, txn: Transaction, message: Vec<u8>) -> Step {
+    async fn store(&mut self, mut txn: Transaction, message: Vec<u8>) -> Step {
+        let mut changes = crate::plugins::message::EnvelopeChanges::default();
+        let message = if self
+            .plugins
+            .has_chain(&self.ctx.config.name, crate::plugins::Hook::Data)
+        {
+            match self.data_chain(&mut txn, message, &mut changes).await {
+                Ok(message) => message,
+                Err(step) => return step,
+            }
+        } else {
+            message
+        };
         let envelope = Envelope {
             id: txn.id,
             sender: txn.sender,
@@ -184,6 +198,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             received_at: chrono::Utc::now().timestamp(),
             size: message.len() as u64,
+            route: changes.route,
+            require_tls: changes.require_tls,
         };
         match self.ctx.spool.store(&envelope, message).await {
             Ok(location) => {
@@ -193,6 +209,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     sender = %envelope.sender,
                     recipients = envelope.recipients.len(),
                     size = envelope.size,
+                    tags = ?changes.tags,
+                    score = changes.score,
                     "queued"
                 );
                 let id = envelope.id;
@@ -209,5 +227,103 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.respond(Reply::spool_failure())
             }
         }
+    }
+
+    /// Runs the data chain on the message and applies what it decided:
+    /// the message (possibly changed) to store, or the step to take
+    /// instead.
+    async fn data_chain(
+        &mut self,
+        txn: &mut Transaction,
+        message: Vec<u8>,
+        changes: &mut EnvelopeChanges,
+    ) -> Result<Vec<u8>, Step> {
+        use crate::plugins::{HookArgs, Outcome};
+        let view = Arc::new(MessageView::new(Arc::new(message)));
+        let env = crate::plugins::Envelope {
+            queue_id: Some(txn.id.to_string()),
+            sender: Some(txn.sender.clone()),
+            recipients: txn.recipients.iter().map(|r| r.address.clone()).collect(),
+        };
+        let args = HookArgs::Data(self.plugin_connection(), env, view.clone());
+        let result = self.plugins.run(&self.ctx.config.name, args).await;
+        let id = txn.id;
+        match result.outcome {
+            Outcome::Continue => {}
+            Outcome::Refuse(reply) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, code = reply.code, "message refused by a plugin");
+                return Err(self.error(reply));
+            }
+            Outcome::Disconnect(reply) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, code = reply.code, "message refused by a plugin; closing");
+                self.conn.reply(&reply);
+                return Err(Step::Close);
+            }
+            Outcome::Discard { plugin } => {
+                tracing::info!(queue_id = %id, peer = %self.peer, plugin, "message discarded by a plugin");
+                return Err(self.respond(Reply::queued(id)));
+            }
+            Outcome::Quarantine { plugin, reason } => {
+                // The quarantine area comes with the anti-spam issue; until
+                // then the message stays with the sender rather than being
+                // delivered or lost.
+                tracing::warn!(queue_id = %id, plugin, reason, "quarantine asked for but not available; message refused for now");
+                return Err(self.error(Reply::new(
+                    451,
+                    Enhanced(4, 7, 0),
+                    "Message held for review; try again later",
+                )));
+            }
+        }
+        let edited = match apply(&view, &result.mutations) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(queue_id = %id, error = %e, "plugin changes not applied (all or none)");
+                Default::default()
+            }
+        };
+        *changes = edited.envelope;
+        for address in &changes.add_recipients {
+            if let Err(e) = super::address::check(address, txn.smtputf8) {
+                tracing::warn!(queue_id = %id, rcpt = %address, error = ?e, "plugin added a bad recipient; ignored");
+                continue;
+            }
+            if !txn
+                .recipients
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(address))
+            {
+                txn.recipients.push(Recipient {
+                    address: address.clone(),
+                    orcpt: None,
+                    notify: Default::default(),
+                });
+            }
+        }
+        txn.recipients.retain(|r| {
+            !changes
+                .remove_recipients
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&r.address))
+        });
+        if txn.recipients.is_empty() {
+            tracing::info!(queue_id = %id, "plugins removed every recipient; message discarded");
+            return Err(self.respond(Reply::queued(id)));
+        }
+        if edited.message.is_some() {
+            tracing::info!(queue_id = %id, "message changed by plugins");
+        }
+        Ok(match edited.message {
+            Some(m) => m,
+            // The chain is over: nothing else holds the bytes.
+            None => {
+                drop(result);
+                let raw = match Arc::try_unwrap(view) {
+                    Ok(v) => v.into_raw(),
+                    Err(v) => v.raw().clone(),
+                };
+                Arc::try_unwrap(raw).unwrap_or_else(|shared| shared.to_vec())
+            }
+        })
     }
 }

@@ -15,7 +15,7 @@ const UNANNOUNCED: u64 =
     smtp_proto::RCPT_CONNEG | smtp_proto::RCPT_RRVS_REJECT | smtp_proto::RCPT_RRVS_CONTINUE;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Step {
+    pub(super) async fn rcpt(&mut self, to: RcptTo<String>) -> Step {
         let Some(txn) = &self.txn else {
             return self.error(Reply::bad_sequence("Error: need MAIL command"));
         };
@@ -49,12 +49,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(Reply::relay_denied(&address));
         }
         // The listener's plugins, once the gateway's own checks pass.
-        let call =
-            |p: &crate::plugins::host_bindings::Plugin,
-             s: &mut wasmtime::Store<crate::plugins::HostState>,
-             conn: &crate::plugins::Connection,
-             env: &crate::plugins::Envelope| { p.call_on_rcpt(s, conn, env, &address) };
-        if let Some(step) = self.run_chain(crate::plugins::Hook::Rcpt, &call) {
+        if let Some(step) = self
+            .run_chain(crate::plugins::Hook::Rcpt, Some(&address))
+            .await
+        {
             return step;
         }
         let notify = NotifyFlags {

@@ -28,7 +28,7 @@ pub struct ListenerContext {
     pub spool: Spool,
     /// Who delivers them.
     pub queue: QueueHandle,
-    /// The plugin runtime, if any of this listener's chains is set.
+    /// The plugin runtime (`None` in tests of the SMTP side alone).
     pub plugins: Option<Arc<crate::plugins::Runtime>>,
 }
 
@@ -45,15 +45,6 @@ pub(super) struct Transaction {
     /// Message bytes received so far through BDAT.
     pub chunks: Option<Vec<u8>>,
 }
-
-/// One hook's export, called with the plugins' view of the session.
-pub(super) type HookCall<'a> = dyn Fn(
-        &crate::plugins::host_bindings::Plugin,
-        &mut wasmtime::Store<crate::plugins::HostState>,
-        &crate::plugins::Connection,
-        &crate::plugins::Envelope,
-    ) -> wasmtime::Result<crate::plugins::Verdict>
-    + 'a;
 
 /// How a session ended.
 pub enum Outcome<S> {
@@ -82,6 +73,9 @@ pub struct Session<S> {
     /// EHLO (not HELO) was used: extensions, pipelining included, are on.
     pub(super) esmtp: bool,
     pub(super) txn: Option<Transaction>,
+    /// The plugins and chains this session started with: a reload does
+    /// not change them under it.
+    pub(super) plugins: Arc<crate::plugins::Generation>,
     errors: usize,
     shutdown: Shutdown,
 }
@@ -98,6 +92,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Self {
         Session {
             conn: Conn::new(stream),
+            plugins: match &ctx.plugins {
+                Some(runtime) => runtime.current(),
+                None => Arc::new(crate::plugins::Generation::empty()),
+            },
             ctx,
             peer,
             tls,
@@ -173,13 +171,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The connect chain may refuse the client instead of greeting it
         // (RFC 5321 3.1: 554, or 421 for "not now"), then the connection
         // is closed.
-        let connect =
-            |p: &crate::plugins::host_bindings::Plugin,
-             s: &mut wasmtime::Store<crate::plugins::HostState>,
-             conn: &crate::plugins::Connection,
-             _: &crate::plugins::Envelope| p.call_on_connect(s, conn);
-        match self.chain_outcome(crate::plugins::Hook::Connect, &connect) {
-            None | Some(crate::plugins::Outcome::Continue) => {}
+        match self
+            .envelope_chain(crate::plugins::Hook::Connect, None)
+            .await
+        {
+            None
+            | Some(
+                crate::plugins::Outcome::Continue
+                | crate::plugins::Outcome::Discard { .. }
+                | crate::plugins::Outcome::Quarantine { .. },
+            ) => {}
             Some(
                 crate::plugins::Outcome::Refuse(mut reply)
                 | crate::plugins::Outcome::Disconnect(mut reply),
@@ -281,10 +282,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return self.error(parse_error_reply(e)),
         };
         match request {
-            Request::Ehlo { host } => self.ehlo(host, true),
-            Request::Helo { host } => self.ehlo(host, false),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Ehlo { host } => self.ehlo(host, true).await,
+            Request::Helo { host } => self.ehlo(host, false).await,
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => self.data().await,
             Request::Bdat {
                 chunk_size,
@@ -359,52 +360,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Runs this listener's chain for `hook`; `None` when it has none. The
-    /// plugins' view of the session (strings, the recipient list) is built
-    /// only then: without plugins, a hook costs nothing.
-    pub(super) fn chain_outcome(
+    /// Runs this listener's chain at an envelope hook (connect, helo,
+    /// mail-from, rcpt); `None` when it has none. The plugins' view of the
+    /// session (strings, the recipient list) is built only then: without
+    /// plugins, a hook costs nothing.
+    pub(super) async fn envelope_chain(
         &self,
         hook: crate::plugins::Hook,
-        call: &HookCall<'_>,
+        recipient: Option<&str>,
     ) -> Option<crate::plugins::Outcome> {
-        use crate::plugins::Hook;
-        let chains = &self.ctx.config.chains;
-        let chain = match hook {
-            Hook::Connect => &chains.connect,
-            Hook::Helo => &chains.helo,
-            Hook::MailFrom => &chains.mail_from,
-            Hook::Rcpt => &chains.rcpt,
-            _ => return None,
-        };
-        if chain.is_empty() {
+        use crate::plugins::{Hook, HookArgs};
+        let listener = &self.ctx.config.name;
+        if !self.plugins.has_chain(listener, hook) {
             return None;
         }
-        let runtime = self.ctx.plugins.as_ref()?;
         let conn = self.plugin_connection();
-        let env = self.plugin_envelope();
-        let call = |p: &crate::plugins::host_bindings::Plugin,
-                    s: &mut wasmtime::Store<crate::plugins::HostState>| {
-            call(p, s, &conn, &env)
+        let args = match hook {
+            Hook::Connect => HookArgs::Connect(conn),
+            Hook::Helo => HookArgs::Helo(conn),
+            Hook::MailFrom => HookArgs::MailFrom(conn, self.plugin_envelope()),
+            Hook::Rcpt => HookArgs::Rcpt(
+                conn,
+                self.plugin_envelope(),
+                recipient.unwrap_or_default().to_string(),
+            ),
+            _ => return None,
         };
-        // Plugin calls are synchronous (bounded by their deadline), and
-        // WASI's synchronous streams block on the runtime: keep them off the
-        // async worker.
-        Some(tokio::task::block_in_place(|| {
-            runtime.run(chain, hook, &call)
-        }))
+        Some(self.plugins.run(listener, args).await.outcome)
     }
 
     /// Runs the chain for a command's hook; `None` means go on, `Some` is
     /// the step to take.
-    pub(super) fn run_chain(
+    pub(super) async fn run_chain(
         &mut self,
         hook: crate::plugins::Hook,
-        call: &HookCall<'_>,
+        recipient: Option<&str>,
     ) -> Option<Step> {
-        match self.chain_outcome(hook, call)? {
-            crate::plugins::Outcome::Continue => None,
-            crate::plugins::Outcome::Refuse(reply) => Some(self.error(reply)),
-            crate::plugins::Outcome::Disconnect(reply) => {
+        use crate::plugins::Outcome;
+        match self.envelope_chain(hook, recipient).await? {
+            Outcome::Continue | Outcome::Discard { .. } | Outcome::Quarantine { .. } => None,
+            Outcome::Refuse(reply) => Some(self.error(reply)),
+            Outcome::Disconnect(reply) => {
                 self.conn.reply(&reply);
                 Some(Step::Close)
             }

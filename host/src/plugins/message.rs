@@ -1,0 +1,572 @@
+//! The message as plugins see it (the `message` resource), and the
+//! mutations they ask for, applied to the bytes and the envelope.
+//!
+//! The message is parsed (with mail-parser) at most once per chain, when a
+//! plugin first asks for its headers or parts; a chain of plugins that only
+//! looks at the size parses nothing. Mutations are applied by
+//! [`apply`] all together, after the chain, or not at all: body edits
+//! (`replace-body`, `replace-part`, `remove-part`) refer to the parts as the
+//! chain saw them and are applied first, then header edits in order.
+
+use std::sync::{Arc, OnceLock};
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+use super::host_bindings::weir::plugin::types::{Header, Mutation, PartInfo};
+
+/// A received message, shared by the calls of one chain.
+pub struct MessageView {
+    raw: Arc<Vec<u8>>,
+    parsed: OnceLock<Parsed>,
+}
+
+/// What parsing found.
+struct Parsed {
+    headers: Vec<Header>,
+    parts: Vec<Part>,
+}
+
+struct Part {
+    info: PartInfo,
+    /// Where the part's header starts and its content ends, in the raw bytes.
+    start: usize,
+    end: usize,
+    /// For a multipart: its boundary.
+    boundary: Option<String>,
+    decoded: Vec<u8>,
+}
+
+impl MessageView {
+    /// A view of `raw` (the message as it would be spooled).
+    pub fn new(raw: Arc<Vec<u8>>) -> MessageView {
+        MessageView {
+            raw,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The bytes.
+    pub fn raw(&self) -> &Arc<Vec<u8>> {
+        &self.raw
+    }
+
+    /// The bytes, giving the view up.
+    pub fn into_raw(self) -> Arc<Vec<u8>> {
+        self.raw
+    }
+
+    /// All top-level header fields, unfolded.
+    pub fn headers(&self) -> &[Header] {
+        &self.parsed().headers
+    }
+
+    /// Values of the fields named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers()
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.clone())
+            .collect()
+    }
+
+    /// The MIME tree, parents first.
+    pub fn parts(&self) -> Vec<PartInfo> {
+        self.parsed().parts.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// The decoded content of part `id`.
+    pub fn part_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.parsed()
+            .parts
+            .get(id as usize)
+            .map(|p| p.decoded.as_slice())
+    }
+
+    fn parsed(&self) -> &Parsed {
+        self.parsed.get_or_init(|| parse(&self.raw))
+    }
+}
+
+fn parse(raw: &[u8]) -> Parsed {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return Parsed {
+            headers: Vec::new(),
+            parts: Vec::new(),
+        };
+    };
+    let headers = message
+        .headers()
+        .iter()
+        .map(|h| Header {
+            name: h.name.as_str().to_string(),
+            value: unfold(&raw[h.offset_start as usize..h.offset_end as usize]),
+        })
+        .collect();
+    let mut parents = vec![None; message.parts.len()];
+    for (i, p) in message.parts.iter().enumerate() {
+        if let PartType::Multipart(children) = &p.body {
+            for &c in children {
+                if let Some(slot) = parents.get_mut(c as usize) {
+                    *slot = Some(i as u32);
+                }
+            }
+        }
+    }
+    let parts = message
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let content_type = p
+                .content_type()
+                .map(|c| match &c.c_subtype {
+                    Some(sub) => format!("{}/{}", c.c_type, sub),
+                    None => c.c_type.to_string(),
+                })
+                .unwrap_or_else(|| "text/plain".into())
+                .to_ascii_lowercase();
+            let decoded: Vec<u8> = match &p.body {
+                PartType::Text(t) | PartType::Html(t) => t.as_bytes().to_vec(),
+                PartType::Binary(b) | PartType::InlineBinary(b) => b.to_vec(),
+                PartType::Message(m) => m.raw_message().to_vec(),
+                PartType::Multipart(_) => Vec::new(),
+            };
+            let filename = p.attachment_name().map(str::to_string);
+            let is_attachment = filename.is_some()
+                || p.content_disposition()
+                    .is_some_and(|d| d.c_type.eq_ignore_ascii_case("attachment"));
+            Part {
+                info: PartInfo {
+                    id: i as u32,
+                    parent: parents[i],
+                    content_type,
+                    filename,
+                    size: decoded.len() as u64,
+                    is_attachment,
+                },
+                start: p.offset_header as usize,
+                end: p.offset_end as usize,
+                boundary: p
+                    .content_type()
+                    .and_then(|c| c.attribute("boundary"))
+                    .map(str::to_string),
+                decoded,
+            }
+        })
+        .collect();
+    Parsed { headers, parts }
+}
+
+/// A field value without its line breaks (RFC 5322 2.2.3) and outer space.
+fn unfold(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.replace("\r\n", "")
+        .replace('\n', "")
+        .trim()
+        .to_string()
+}
+
+/// Changes to the envelope and the route that a chain asked for.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EnvelopeChanges {
+    /// Recipients to add, in order.
+    pub add_recipients: Vec<String>,
+    /// Recipients to remove (compared case-insensitively).
+    pub remove_recipients: Vec<String>,
+    /// Deliver through this route.
+    pub route: Option<String>,
+    /// Deliver only over TLS.
+    pub require_tls: bool,
+    /// Tags attached to the transaction.
+    pub tags: Vec<String>,
+    /// Sum of the scores added.
+    pub score: f64,
+}
+
+/// The outcome of applying a chain's mutations.
+#[derive(Debug, Default)]
+pub struct Edited {
+    /// The new message, if any mutation changed it.
+    pub message: Option<Vec<u8>>,
+    /// Everything else.
+    pub envelope: EnvelopeChanges,
+}
+
+/// Why a chain's mutations were not applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MutationError {
+    /// A header name or value that cannot be written.
+    #[error("bad header field {0:?}")]
+    BadHeader(String),
+    /// A part id the message does not have.
+    #[error("no MIME part {0}")]
+    NoSuchPart(u32),
+    /// The root cannot be removed (replace the body instead).
+    #[error("the root part cannot be removed; replace the body instead")]
+    RootPart,
+    /// Two body edits touch the same bytes.
+    #[error("two mutations change the same part of the message")]
+    Overlap,
+    /// A content type that cannot be written.
+    #[error("bad content type {0:?}")]
+    BadContentType(String),
+}
+
+/// Applies `mutations` (in chain order) to the message of `view`.
+pub fn apply(view: &MessageView, mutations: &[Mutation]) -> Result<Edited, MutationError> {
+    let mut out = Edited::default();
+    let mut splices: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut header_edits: Vec<Mutation> = Vec::new();
+    let raw = view.raw().as_slice();
+    for m in mutations {
+        match m {
+            Mutation::AddHeader(_) | Mutation::RemoveHeader(_) | Mutation::ReplaceHeader(_) => {
+                header_edits.push(m.clone())
+            }
+            Mutation::AddRecipient(r) => out.envelope.add_recipients.push(r.clone()),
+            Mutation::RemoveRecipient(r) => out.envelope.remove_recipients.push(r.clone()),
+            Mutation::SetRoute(r) => out.envelope.route = Some(r.clone()),
+            Mutation::RequireTls => out.envelope.require_tls = true,
+            Mutation::Tag(t) => out.envelope.tags.push(t.clone()),
+            Mutation::AddScore(s) if s.is_finite() => out.envelope.score += s,
+            Mutation::AddScore(_) => {}
+            Mutation::ReplaceBody(body) => {
+                let start = body_start(raw);
+                splices.push((start, raw.len(), crlf(body)));
+            }
+            Mutation::RemovePart(id) => {
+                let parts = &view.parsed().parts;
+                let part = parts
+                    .get(*id as usize)
+                    .ok_or(MutationError::NoSuchPart(*id))?;
+                let parent = part.info.parent.ok_or(MutationError::RootPart)?;
+                let boundary = parts[parent as usize]
+                    .boundary
+                    .as_deref()
+                    .ok_or(MutationError::NoSuchPart(*id))?;
+                // From the line break before the part's delimiter line to
+                // the part's end: the next delimiter stays.
+                let delimiter = format!("--{boundary}");
+                let at = memchr::memmem::rfind(&raw[..part.start], delimiter.as_bytes())
+                    .ok_or(MutationError::NoSuchPart(*id))?;
+                let from = if raw[..at].ends_with(b"\r\n") {
+                    at - 2
+                } else {
+                    at
+                };
+                splices.push((from, part.end, Vec::new()));
+            }
+            Mutation::ReplacePart(r) => {
+                let parts = &view.parsed().parts;
+                let part = parts
+                    .get(r.part as usize)
+                    .ok_or(MutationError::NoSuchPart(r.part))?;
+                if !is_field_value(&r.content_type) || r.content_type.is_empty() {
+                    return Err(MutationError::BadContentType(r.content_type.clone()));
+                }
+                let (encoding, body) = encode(&r.body);
+                if part.info.parent.is_none() {
+                    // The root: its type lives in the message header.
+                    splices.push((body_start(raw), raw.len(), body));
+                    header_edits.push(Mutation::ReplaceHeader(Header {
+                        name: "Content-Type".into(),
+                        value: r.content_type.clone(),
+                    }));
+                    header_edits.push(Mutation::ReplaceHeader(Header {
+                        name: "Content-Transfer-Encoding".into(),
+                        value: encoding.into(),
+                    }));
+                } else {
+                    let mut bytes = format!(
+                        "Content-Type: {}\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n",
+                        r.content_type
+                    )
+                    .into_bytes();
+                    bytes.extend_from_slice(&body);
+                    splices.push((part.start, part.end, bytes));
+                }
+            }
+        }
+    }
+    let mut message: Option<Vec<u8>> = None;
+    if !splices.is_empty() {
+        splices.sort_by_key(|s| s.0);
+        if splices.windows(2).any(|w| w[0].1 > w[1].0) {
+            return Err(MutationError::Overlap);
+        }
+        let mut new = Vec::with_capacity(raw.len());
+        let mut at = 0;
+        for (start, end, bytes) in &splices {
+            new.extend_from_slice(&raw[at..*start]);
+            new.extend_from_slice(bytes);
+            at = *end;
+        }
+        new.extend_from_slice(&raw[at..]);
+        message = Some(new);
+    }
+    if !header_edits.is_empty() {
+        let base = message.as_deref().unwrap_or(raw);
+        message = Some(edit_headers(base, &header_edits)?);
+    }
+    out.message = message;
+    Ok(out)
+}
+
+/// Where the body starts: after the blank line ending the header section.
+fn body_start(raw: &[u8]) -> usize {
+    if raw.starts_with(b"\r\n") {
+        return 2;
+    }
+    memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(raw.len())
+}
+
+/// Applies header edits to the header section of `raw`.
+fn edit_headers(raw: &[u8], edits: &[Mutation]) -> Result<Vec<u8>, MutationError> {
+    let split = body_start(raw);
+    let (head, body) = raw.split_at(split);
+    // Fields as (name, whole field bytes with folding and CRLF).
+    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" {
+            continue;
+        }
+        match (line.first(), fields.last_mut()) {
+            (Some(b' ' | b'\t'), Some(last)) => last.1.extend_from_slice(line),
+            _ => {
+                let name = line
+                    .iter()
+                    .position(|&b| b == b':')
+                    .map(|i| String::from_utf8_lossy(&line[..i]).trim().to_string())
+                    .unwrap_or_default();
+                fields.push((name, line.to_vec()));
+            }
+        }
+    }
+    let field = |h: &Header| -> Result<Vec<u8>, MutationError> {
+        if !is_field_name(&h.name) || !is_field_value(&h.value) {
+            return Err(MutationError::BadHeader(format!("{}: {}", h.name, h.value)));
+        }
+        Ok(format!("{}: {}\r\n", h.name, h.value).into_bytes())
+    };
+    for edit in edits {
+        match edit {
+            Mutation::AddHeader(h) => fields.insert(0, (h.name.clone(), field(h)?)),
+            Mutation::RemoveHeader(name) => fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            Mutation::ReplaceHeader(h) => {
+                let bytes = field(h)?;
+                let at = fields
+                    .iter()
+                    .position(|(n, _)| n.eq_ignore_ascii_case(&h.name));
+                fields.retain(|(n, _)| !n.eq_ignore_ascii_case(&h.name));
+                fields.insert(at.unwrap_or(0).min(fields.len()), (h.name.clone(), bytes));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len() + 256);
+    for (_, bytes) in &fields {
+        out.extend_from_slice(bytes);
+    }
+    out.extend_from_slice(b"\r\n");
+    // `split` pointed past the blank line; the body follows it.
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 76
+        && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+}
+
+fn is_field_value(value: &str) -> bool {
+    value.len() <= 4096 && !value.chars().any(|c| c.is_control() && c != '\t')
+}
+
+/// Bytes with every line ending made CRLF.
+fn crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 40);
+    let mut prev = 0u8;
+    for &b in body {
+        match b {
+            b'\n' if prev != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\n' => out.push(b'\n'),
+            _ if prev == b'\r' => {
+                out.push(b'\n');
+                out.push(b);
+            }
+            b'\r' => out.push(b'\r'),
+            _ => out.push(b),
+        }
+        prev = b;
+    }
+    if prev == b'\r' {
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A transfer encoding for decoded content: 7bit when it is short-lined
+/// ASCII text, base64 otherwise.
+fn encode(content: &[u8]) -> (&'static str, Vec<u8>) {
+    let text = crlf(content);
+    let plain = text.is_ascii()
+        && !text.contains(&0)
+        && text.split(|&b| b == b'\n').all(|l| l.len() <= 998);
+    if plain {
+        let mut text = text;
+        if !text.ends_with(b"\r\n") {
+            text.extend_from_slice(b"\r\n");
+        }
+        return ("7bit", text);
+    }
+    let mut out = Vec::new();
+    let _ = mail_builder::encoders::base64::base64_encode_mime(content, &mut out, false);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    ("base64", out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::host_bindings::weir::plugin::types::PartReplacement;
+
+    const MULTIPART: &[u8] = b"Received: x\r\nFrom: a@b\r\nSubject: hi\r\n there\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"a.exe\"\r\n\r\nTVqQAAMAAAAEAAAA\r\n--XX--\r\nepilogue\r\n";
+
+    fn view(raw: &[u8]) -> MessageView {
+        MessageView::new(Arc::new(raw.to_vec()))
+    }
+
+    fn header(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn headers_are_unfolded_and_parts_described() {
+        let v = view(MULTIPART);
+        assert_eq!(v.header("subject"), ["hi there"]);
+        let parts = v.parts();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].content_type, "multipart/mixed");
+        assert_eq!(parts[1].parent, Some(0));
+        assert_eq!(parts[2].filename.as_deref(), Some("a.exe"));
+        assert!(parts[2].is_attachment && !parts[1].is_attachment);
+        // Decoded from base64: an MZ header.
+        assert_eq!(&v.part_bytes(2).unwrap()[..2], b"MZ");
+        assert_eq!(parts[2].size, 12);
+    }
+
+    #[test]
+    fn removing_a_part_keeps_the_structure_valid() {
+        let v = view(MULTIPART);
+        let out = apply(&v, &[Mutation::RemovePart(2)]).unwrap();
+        let new = out.message.unwrap();
+        let reparsed = view(&new);
+        let parts = reparsed.parts();
+        assert_eq!(parts.len(), 2, "{}", String::from_utf8_lossy(&new));
+        assert_eq!(reparsed.part_bytes(1).unwrap(), b"hello");
+        assert!(String::from_utf8_lossy(&new).contains("hello\r\n--XX--\r\nepilogue"));
+        assert_eq!(
+            apply(&v, &[Mutation::RemovePart(0)]).unwrap_err(),
+            MutationError::RootPart
+        );
+        assert_eq!(
+            apply(&v, &[Mutation::RemovePart(9)]).unwrap_err(),
+            MutationError::NoSuchPart(9)
+        );
+    }
+
+    #[test]
+    fn replacing_a_part_and_adding_a_header() {
+        let v = view(MULTIPART);
+        let out = apply(
+            &v,
+            &[
+                Mutation::ReplacePart(PartReplacement {
+                    part: 2,
+                    content_type: "text/plain; charset=utf-8".into(),
+                    body: b"The attachment a.exe was removed.".to_vec(),
+                }),
+                Mutation::AddHeader(header("X-Filtered", "yes")),
+                Mutation::ReplaceHeader(header("Subject", "[ext] hi")),
+                Mutation::AddRecipient("journal@example.org".into()),
+            ],
+        )
+        .unwrap();
+        let new = out.message.unwrap();
+        let text = String::from_utf8_lossy(&new);
+        assert!(
+            text.starts_with("X-Filtered: yes\r\nReceived: x\r\n"),
+            "{text}"
+        );
+        let reparsed = view(&new);
+        assert_eq!(reparsed.header("subject"), ["[ext] hi"]);
+        assert_eq!(
+            reparsed.part_bytes(2).unwrap(),
+            b"The attachment a.exe was removed.\r\n"
+        );
+        assert_eq!(reparsed.parts()[2].content_type, "text/plain");
+        assert_eq!(out.envelope.add_recipients, ["journal@example.org"]);
+    }
+
+    #[test]
+    fn binary_replacements_are_base64_and_the_root_can_be_replaced() {
+        let v = view(b"Subject: s\r\nContent-Type: text/plain\r\n\r\nold\r\n");
+        let out = apply(
+            &v,
+            &[Mutation::ReplacePart(PartReplacement {
+                part: 0,
+                content_type: "application/octet-stream".into(),
+                body: vec![0, 159, 146, 150],
+            })],
+        )
+        .unwrap();
+        let new = view(&out.message.unwrap());
+        assert_eq!(new.header("content-transfer-encoding"), ["base64"]);
+        assert_eq!(new.part_bytes(0).unwrap(), [0, 159, 146, 150]);
+    }
+
+    #[test]
+    fn bad_headers_and_overlaps_are_refused_whole() {
+        let v = view(MULTIPART);
+        assert!(matches!(
+            apply(&v, &[Mutation::AddHeader(header("X-Bad", "a\r\nBcc: x"))]),
+            Err(MutationError::BadHeader(_))
+        ));
+        assert!(matches!(
+            apply(&v, &[Mutation::AddHeader(header("Bad Name", "a"))]),
+            Err(MutationError::BadHeader(_))
+        ));
+        assert_eq!(
+            apply(
+                &v,
+                &[
+                    Mutation::ReplaceBody(b"x".to_vec()),
+                    Mutation::RemovePart(2)
+                ]
+            )
+            .unwrap_err(),
+            MutationError::Overlap
+        );
+    }
+
+    #[test]
+    fn a_replaced_body_gets_crlf_line_ends() {
+        let v = view(b"Subject: s\r\n\r\nold\r\n");
+        let out = apply(&v, &[Mutation::ReplaceBody(b"new\nlines\r\n".to_vec())]).unwrap();
+        assert_eq!(out.message.unwrap(), b"Subject: s\r\n\r\nnew\r\nlines\r\n");
+        assert!(
+            apply(&v, &[Mutation::Tag("t".into())])
+                .unwrap()
+                .message
+                .is_none()
+        );
+    }
+}
