@@ -49,6 +49,9 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         messages = recovered.len(),
         "spool opened"
     );
+    // Signal handlers first: a signal that arrives once we say we are ready
+    // must find them installed (the default action would kill us).
+    let signals = Signals::install()?;
     // The spool's lock is held: this is the only gateway on this directory.
     let pid_file = config.data_dir.join(PID_FILE);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
@@ -107,7 +110,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             reload_tx.clone(),
         ));
     }
-    wait_for_signal(reload_tx).await;
+    signals.wait(reload_tx).await;
     tracing::info!("shutting down: no new connections; sessions finish their current command");
     trigger.fire();
     if tokio::time::timeout(DRAIN_DEADLINE, done_rx.recv())
@@ -207,17 +210,32 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, SystemTime)> {
     out
 }
 
-async fn wait_for_signal(reload: mpsc::UnboundedSender<Reload>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                let _ = reload.send(Reload::Signal);
+/// The signals `weir serve` handles.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns at SIGTERM or SIGINT; turns each SIGHUP into a reload.
+    async fn wait(mut self, reload: mpsc::UnboundedSender<Reload>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let _ = reload.send(Reload::Signal);
+                }
             }
         }
     }
