@@ -224,16 +224,17 @@ pub struct Chains {
 }
 
 impl Chains {
-    /// Every chain with its hook's name, in transaction order.
-    pub fn all(&self) -> [(&'static str, &[ChainEntry]); 7] {
+    /// Every chain, in transaction order (the order of the contract's
+    /// `hook` enum).
+    pub fn all(&self) -> [&[ChainEntry]; 7] {
         [
-            ("connect", &self.connect),
-            ("helo", &self.helo),
-            ("mail_from", &self.mail_from),
-            ("rcpt", &self.rcpt),
-            ("data", &self.data),
-            ("pre_delivery", &self.pre_delivery),
-            ("delivery_result", &self.delivery_result),
+            &self.connect,
+            &self.helo,
+            &self.mail_from,
+            &self.rcpt,
+            &self.data,
+            &self.pre_delivery,
+            &self.delivery_result,
         ]
     }
 }

@@ -578,3 +578,39 @@ fn the_cli_lists_plugins_reloads_and_tests_one() {
         "{text}"
     );
 }
+
+#[test]
+fn a_plugin_with_the_dns_grant_looks_names_up_through_the_gateways_resolver() {
+    use crate::dns::{TestDns, zone};
+    let dns = TestDns::start(&[("example.test", zone("example.test", "mx IN A 127.0.0.1"))]);
+    let plugins = plugin_dir(&[(
+        "policy",
+        "weir-plugin-example-policy",
+        "helo_must_resolve = true\n",
+    )]);
+    let gw = Gateway::start(&format!(
+        "{}{}[plugins.settings.policy]\ngrants = [\"dns\"]\n{}",
+        dns.config(),
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { helo = [\"policy\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO mx.example.test", 250);
+    let r = c.expect("EHLO nothing.example.test", 550);
+    assert!(r.text().contains("has no address in the DNS"), "{r:?}");
+
+    // Without the grant the plugin is told `denied` and lets it pass.
+    let gw = Gateway::start(&format!(
+        "{}{}{}",
+        dns.config(),
+        plugins_table(plugins.path(), ""),
+        listener("in", "chains = { helo = [\"policy\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO nothing.example.test", 250);
+    let log = gw.log();
+    assert!(
+        log.contains("HELO check skipped") && log.contains("Denied"),
+        "{log}"
+    );
+}

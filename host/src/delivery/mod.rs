@@ -580,16 +580,7 @@ impl Delivery {
             other.require_tls = true;
             reroute = Some(other);
         }
-        let message = match edited.message {
-            Some(m) => m,
-            None => {
-                drop(result);
-                match Arc::try_unwrap(view) {
-                    Ok(v) => Arc::try_unwrap(v.into_raw()).unwrap_or_else(|a| a.to_vec()),
-                    Err(v) => v.raw().to_vec(),
-                }
-            }
-        };
+        let message = edited.message.unwrap_or_else(|| view.into_bytes());
         PreDelivery::Deliver {
             message: Some(message),
             reroute,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -107,6 +108,8 @@ impl config::Host for HostState {
 type DnsResult<T> = Trappable<Result<Vec<T>, dns::DnsError>>;
 
 impl HostState {
+    /// The resolver, if the plugin may use it. (Taken out of `self` so
+    /// that the lookup's future does not hold the store's state.)
     fn resolver(&self) -> Result<TokioResolver, dns::DnsError> {
         if !self.granted(Grant::Dns) {
             return Err(dns::DnsError::Denied);
@@ -118,108 +121,89 @@ impl HostState {
     }
 }
 
-fn dns_error(e: hickory_resolver::net::NetError) -> dns::DnsError {
-    if e.is_no_records_found() || e.is_nx_domain() {
-        dns::DnsError::NotFound
-    } else {
-        dns::DnsError::Temporary(e.to_string())
-    }
+/// One lookup: the records of `kind` at `name`, each turned into what the
+/// plugin gets.
+async fn lookup<T>(
+    resolver: Result<TokioResolver, dns::DnsError>,
+    name: Option<Name>,
+    kind: RecordType,
+    pick: impl Fn(&RData) -> Option<T>,
+) -> DnsResult<T> {
+    let resolver = match resolver {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    // A name that does not parse has no records.
+    let Some(name) = name else {
+        return Ok(Err(dns::DnsError::NotFound));
+    };
+    Ok(match resolver.lookup(name, kind).await {
+        Ok(l) => Ok(l.answers().iter().filter_map(|r| pick(&r.data)).collect()),
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(dns::DnsError::NotFound),
+        Err(e) => Err(dns::DnsError::Temporary(e.to_string())),
+    })
+}
+
+/// A name from a plugin, if it parses.
+fn name(text: &str) -> Option<Name> {
+    Name::from_utf8(text).ok()
 }
 
 impl dns::Host for HostState {
-    async fn lookup_a(&mut self, name: String) -> DnsResult<String> {
-        let r = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(r.ipv4_lookup(name)
-            .await
-            .map(|l| l.answers().iter().filter_map(a_text).collect())
-            .map_err(dns_error))
+    async fn lookup_a(&mut self, host: String) -> DnsResult<String> {
+        lookup(self.resolver(), name(&host), RecordType::A, |d| match d {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .await
     }
-    async fn lookup_aaaa(&mut self, name: String) -> DnsResult<String> {
-        let r = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(r.ipv6_lookup(name)
-            .await
-            .map(|l| l.answers().iter().filter_map(a_text).collect())
-            .map_err(dns_error))
+    async fn lookup_aaaa(&mut self, host: String) -> DnsResult<String> {
+        lookup(
+            self.resolver(),
+            name(&host),
+            RecordType::AAAA,
+            |d| match d {
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            },
+        )
+        .await
     }
     async fn lookup_mx(&mut self, domain: String) -> DnsResult<dns::Mx> {
-        let r = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(r.mx_lookup(domain)
-            .await
-            .map(|l| {
-                l.answers()
-                    .iter()
-                    .filter_map(|rec| match &rec.data {
-                        hickory_resolver::proto::rr::RData::MX(mx) => Some(dns::Mx {
-                            preference: mx.preference,
-                            exchange: mx.exchange.to_utf8(),
-                        }),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .map_err(dns_error))
+        lookup(
+            self.resolver(),
+            name(&domain),
+            RecordType::MX,
+            |d| match d {
+                RData::MX(mx) => Some(dns::Mx {
+                    preference: mx.preference,
+                    exchange: mx.exchange.to_utf8(),
+                }),
+                _ => None,
+            },
+        )
+        .await
     }
-    async fn lookup_txt(&mut self, name: String) -> DnsResult<String> {
-        let r = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(r.txt_lookup(name)
-            .await
-            .map(|l| {
-                l.answers()
+    async fn lookup_txt(&mut self, host: String) -> DnsResult<String> {
+        lookup(self.resolver(), name(&host), RecordType::TXT, |d| match d {
+            RData::TXT(t) => Some(
+                t.txt_data
                     .iter()
-                    .filter_map(|rec| match &rec.data {
-                        hickory_resolver::proto::rr::RData::TXT(t) => Some(
-                            t.txt_data
-                                .iter()
-                                .map(|s| String::from_utf8_lossy(s))
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .map_err(dns_error))
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .await
     }
     async fn lookup_ptr(&mut self, ip: String) -> DnsResult<String> {
-        let r = match self.resolver() {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
-            return Ok(Err(dns::DnsError::NotFound));
-        };
-        Ok(r.reverse_lookup(addr)
-            .await
-            .map(|l| {
-                l.answers()
-                    .iter()
-                    .filter_map(|rec| match &rec.data {
-                        hickory_resolver::proto::rr::RData::PTR(p) => Some(p.0.to_utf8()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .map_err(dns_error))
-    }
-}
-
-fn a_text(rec: &hickory_resolver::proto::rr::Record) -> Option<String> {
-    use hickory_resolver::proto::rr::RData;
-    match &rec.data {
-        RData::A(a) => Some(a.0.to_string()),
-        RData::AAAA(a) => Some(a.0.to_string()),
-        _ => None,
+        // The in-addr.arpa / ip6.arpa name of the address.
+        let name = ip.parse::<std::net::IpAddr>().ok().map(Name::from);
+        lookup(self.resolver(), name, RecordType::PTR, |d| match d {
+            RData::PTR(p) => Some(p.0.to_utf8()),
+            _ => None,
+        })
+        .await
     }
 }
 

@@ -50,9 +50,13 @@ impl MessageView {
         &self.raw
     }
 
-    /// The bytes, giving the view up.
-    pub fn into_raw(self) -> Arc<Vec<u8>> {
-        self.raw
+    /// The bytes, giving the view up: without a copy once nothing else
+    /// holds them (the chain is over).
+    pub fn into_bytes(self: Arc<Self>) -> Vec<u8> {
+        match Arc::try_unwrap(self) {
+            Ok(view) => Arc::try_unwrap(view.raw).unwrap_or_else(|shared| shared.to_vec()),
+            Err(view) => view.raw.to_vec(),
+        }
     }
 
     /// All top-level header fields, unfolded.

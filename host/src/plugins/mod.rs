@@ -485,7 +485,7 @@ impl Runtime {
         let mut chains = HashMap::new();
         for l in listeners {
             let mut by_hook: [Vec<Link>; 7] = Default::default();
-            for (i, (_, entries)) in l.chains.all().into_iter().enumerate() {
+            for (i, entries) in l.chains.all().into_iter().enumerate() {
                 for entry in entries {
                     let plugin = self
                         .plugin_for(config, entry, &previous, &mut plugins)

@@ -315,15 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         Ok(match edited.message {
             Some(m) => m,
-            // The chain is over: nothing else holds the bytes.
-            None => {
-                drop(result);
-                let raw = match Arc::try_unwrap(view) {
-                    Ok(v) => v.into_raw(),
-                    Err(v) => v.raw().clone(),
-                };
-                Arc::try_unwrap(raw).unwrap_or_else(|shared| shared.to_vec())
-            }
+            None => view.into_bytes(),
         })
     }
 }

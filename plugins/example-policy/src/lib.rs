@@ -4,13 +4,17 @@
 //! drop_clients = ["192.0.2.7"]          # connect: 554 5.7.1, then close
 //! bad_helo = ["localhost", "friend"]    # HELO/EHLO: 550 5.7.1
 //! later_senders = ["slow@example.org"]  # MAIL FROM: 451 4.7.1 (try later)
+//! helo_must_resolve = true              # HELO/EHLO: 550 5.7.1 if the name has no A record
 //! ```
+//!
+//! `helo_must_resolve` needs the `dns` grant; without it (or when DNS
+//! fails for now) the check is skipped and logged.
 
 use std::sync::OnceLock;
 
 use serde::Deserialize;
 use weir_plugin_sdk::{
-    Connection, Envelope, Hook, Plugin, Reply, Verdict, config, export_plugin, log,
+    Connection, Envelope, Hook, Plugin, Reply, Verdict, config, dns, export_plugin, log,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -19,6 +23,7 @@ struct Policy {
     drop_clients: Vec<String>,
     bad_helo: Vec<String>,
     later_senders: Vec<String>,
+    helo_must_resolve: bool,
 }
 
 static POLICY: OnceLock<Policy> = OnceLock::new();
@@ -62,6 +67,19 @@ impl Plugin for ExamplePolicy {
                 "5.7.1",
                 &format!("HELO {helo} is not a name you can have"),
             );
+        }
+        if policy().helo_must_resolve && !helo.starts_with('[') {
+            match dns::lookup_a(&helo) {
+                Err(dns::DnsError::NotFound) => {
+                    return Reply::reject(
+                        550,
+                        "5.7.1",
+                        &format!("HELO {helo} has no address in the DNS"),
+                    );
+                }
+                Err(e) => log::log(log::Level::Warn, &format!("HELO check skipped: {e:?}")),
+                Ok(_) => {}
+            }
         }
         Verdict::Continue
     }
