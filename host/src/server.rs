@@ -69,6 +69,9 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         },
         Some(cache_dir(&config)),
     )?);
+    // The directory as it is loaded: any later change counts as one,
+    // however late the watcher task first runs.
+    let loaded_dir = fingerprint(&config.plugins.dir);
     plugins.load(&config.plugins, &config.listeners).await?;
     delivery.set_plugins(plugins.clone());
     let queue = manager::start(
@@ -106,6 +109,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
     if config.plugins.watch {
         tokio::spawn(watch(
             config.plugins.dir.clone(),
+            loaded_dir,
             config.plugins.watch_interval,
             reload_tx.clone(),
         ));
@@ -167,9 +171,13 @@ async fn reloader(
 /// Watches the plugin directory: a reload once a change has settled (the
 /// directory looked the same twice in a row), so that a file still being
 /// written is not loaded half-way.
-async fn watch(dir: PathBuf, interval: Duration, reload: mpsc::UnboundedSender<Reload>) {
+async fn watch(
+    dir: PathBuf,
+    mut seen: Vec<(String, u64, SystemTime)>,
+    interval: Duration,
+    reload: mpsc::UnboundedSender<Reload>,
+) {
     let interval = interval.max(Duration::from_millis(50));
-    let mut seen = fingerprint(&dir);
     let mut changed: Option<Vec<(String, u64, SystemTime)>> = None;
     loop {
         tokio::time::sleep(interval).await;
