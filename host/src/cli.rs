@@ -194,13 +194,48 @@ fn describe(state: &crate::queue::RcptState) -> String {
     }
 }
 
+/// Targets that log every compiled function at debug level (tens of
+/// thousands of lines for a Python or JavaScript plugin, and seconds of
+/// compile time): kept at warn unless the configured filter names them.
+const COMPILER_TARGETS: &[&str] = &[
+    "cranelift_codegen",
+    "cranelift_frontend",
+    "wasmtime_internal_cranelift",
+    "regalloc2",
+];
+
+/// The configured filter, with the compiler's targets quieted.
+fn log_filter(level: &str) -> String {
+    let mut filter = level.to_string();
+    for target in COMPILER_TARGETS {
+        if !level.contains(target) {
+            filter.push_str(&format!(",{target}=warn"));
+        }
+    }
+    filter
+}
+
 pub(crate) fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_filter(level)))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_compiler_stays_quiet_unless_the_filter_names_it() {
+        let f = super::log_filter("debug");
+        assert!(f.starts_with("debug,"), "{f}");
+        assert!(f.contains("cranelift_codegen=warn"), "{f}");
+        let f = super::log_filter("info,cranelift_codegen=debug");
+        assert!(!f.contains("cranelift_codegen=warn"), "{f}");
+        assert!(f.contains("wasmtime_internal_cranelift=warn"), "{f}");
+        tracing_subscriber::EnvFilter::try_new(super::log_filter("weir::smtp=debug,info")).unwrap();
+    }
 }

@@ -59,7 +59,8 @@ pub trait Plugin {
     /// The hooks this plugin implements.
     const HOOKS: &'static [Hook];
 
-    /// Receives the plugin's configuration (TOML text) at load and reload.
+    /// Receives the plugin's configuration (a JSON object, as text) at load
+    /// and reload.
     /// An error refuses the load, with this text in the gateway's log.
     fn init(_config: &str) -> Result<(), String> {
         Ok(())

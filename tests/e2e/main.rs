@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod pipelining;
 mod plugins;
+mod polyglot;
 mod postfix;
 mod real_clients;
 mod receive;

@@ -79,6 +79,18 @@ pub fn plugins_table(dir: &Path, extra: &str) -> String {
     )
 }
 
+/// Runs `weir plugin test FILE ARGS...` with the tests' compile cache.
+pub fn plugin_test(file: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(crate::harness::weir_bin())
+        .args(["plugin", "test"])
+        .arg(file)
+        .args(args)
+        .arg("--cache-dir")
+        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"))
+        .output()
+        .unwrap()
+}
+
 /// Starts weir with `plugin` in a chain, expecting it to refuse to start;
 /// returns what it said.
 fn refused_at_start(plugins: &Path, plugin: &str) -> String {
@@ -550,13 +562,16 @@ fn the_cli_lists_plugins_reloads_and_tests_one() {
     // `weir plugin test`: one plugin, one hook, no server.
     let eml = plugins.path().join("m.eml");
     std::fs::write(&eml, "Subject: hi\n\nbody\n").unwrap();
-    let out = Command::new(crate::harness::weir_bin())
-        .args(["plugin", "test"])
-        .arg(plugins.path().join("filter.wasm"))
-        .args(["--hook", "data", "--show-message", "--eml"])
-        .arg(&eml)
-        .output()
-        .unwrap();
+    let out = plugin_test(
+        &plugins.path().join("filter.wasm"),
+        &[
+            "--hook",
+            "data",
+            "--show-message",
+            "--eml",
+            eml.to_str().unwrap(),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -566,15 +581,25 @@ fn the_cli_lists_plugins_reloads_and_tests_one() {
     assert!(text.contains("verdict: continue"), "{text}");
     assert!(text.contains("add-header X-A: b"), "{text}");
     assert!(text.contains("X-A: b\r\nSubject: hi\r\n"), "{text}");
-    let out = Command::new(crate::harness::weir_bin())
-        .args(["plugin", "test"])
-        .arg(plugins.path().join("block.wasm"))
-        .args(["--hook", "rcpt", "--rcpt", "x@example.org"])
-        .output()
-        .unwrap();
+    let out = plugin_test(
+        &plugins.path().join("block.wasm"),
+        &[
+            "--hook",
+            "rcpt",
+            "--rcpt",
+            "x@example.org",
+            "--repeat",
+            "10",
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("verdict: reject 550 5.7.1 <x@example.org>"),
+        "{text}"
+    );
+    assert!(text.contains("new instance: "), "{text}");
+    assert!(
+        text.contains("repeat: 10 calls on a ready instance: median "),
         "{text}"
     );
 }

@@ -189,6 +189,8 @@ pub struct Plugin {
     grants: Arc<[Grant]>,
     /// SHA-256 of the `.wasm`.
     pub digest: String,
+    /// Whether its compiled form came from the cache.
+    pub cached: bool,
     /// The hooks it implements.
     pub hooks: Vec<Hook>,
     /// Its counters.
@@ -423,6 +425,11 @@ impl Runtime {
             .linear_memory_keep_resident(64 << 10);
         // Pitfall (wasmtime 48): concurrency support on makes every call
         // 2-4x slower, and the plugin ABI is the synchronous one.
+        // A copy-on-write image of a memory's initial contents makes a new
+        // instance map it instead of copying it; wasmtime makes one only up
+        // to this size (16 MiB by default), and a pre-initialised Python or
+        // JavaScript heap is larger.
+        wasm.memory_guaranteed_dense_image_size(slot_memory);
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .concurrency_support(false)
@@ -578,6 +585,7 @@ impl Runtime {
             memory_limit: settings.memory_limit.as_u64() as usize,
             settings,
             digest: compiled.digest,
+            cached: compiled.cached,
             hooks: Vec::new(),
             stats: stats::Stats::default(),
             pre,
@@ -608,8 +616,10 @@ impl Runtime {
     }
 }
 
-/// The configuration text a plugin gets: `NAME.toml`, with the settings'
-/// table and then the chain entry's merged over it, key by key.
+/// The configuration a plugin gets: `NAME.toml`, with the settings' table
+/// and then the chain entry's merged over it, key by key, handed over as a
+/// JSON object (every plugin language reads JSON without a library; few
+/// read TOML).
 fn plugin_config(
     dir: &Path,
     name: &str,
@@ -618,9 +628,6 @@ fn plugin_config(
 ) -> Result<String, PluginError> {
     let path = dir.join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    if settings.is_empty() && entry.is_none() {
-        return Ok(text);
-    }
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| PluginError::Invalid {
         name: name.into(),
         reason: format!("{}: {e}", path.display()),
@@ -630,12 +637,35 @@ fn plugin_config(
             table.insert(k.clone(), v.clone());
         }
     }
-    Ok(toml::to_string(&table).unwrap_or_default())
+    Ok(json(toml::Value::Table(table)).to_string())
+}
+
+/// TOML to JSON; dates and times become their RFC 3339 text.
+fn json(value: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => J::from(f),
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(json).collect()),
+        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, json(v))).collect()),
+    }
 }
 
 enum InitError {
     Refused(String),
     Trap(wasmtime::Error),
+}
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InitError::Refused(r) => write!(f, "init refused: {r}"),
+            InitError::Trap(e) => write!(f, "{e:#}"),
+        }
+    }
 }
 
 fn ticks(d: Duration) -> u64 {
@@ -672,6 +702,16 @@ impl Plugin {
         Ok(Ready { store, instance })
     }
 
+    /// Makes a new instance (instantiation and `init`) and drops it: what a
+    /// call pays on top when the pool has no ready instance.
+    pub async fn time_new_instance(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let ready = self.instantiate().await.map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        drop(ready);
+        Ok(took)
+    }
+
     /// Calls the hook of `args` on a pooled (or new) instance under the
     /// deadline; an instance that failed is dropped, not returned.
     pub async fn call(&self, args: &HookArgs) -> Result<Decision, String> {
@@ -679,10 +719,7 @@ impl Plugin {
         let ready = self.pool.lock().expect("pool poisoned").pop();
         let mut ready = match ready {
             Some(r) => r,
-            None => self.instantiate().await.map_err(|e| match e {
-                InitError::Refused(r) => format!("init refused: {r}"),
-                InitError::Trap(e) => format!("{e:#}"),
-            })?,
+            None => self.instantiate().await.map_err(|e| e.to_string())?,
         };
         let deadline = match args.hook() {
             Hook::Data | Hook::PreDelivery | Hook::DeliveryResult => self.settings.data_deadline,
@@ -760,4 +797,40 @@ async fn call_export(
             plain(Verdict::Continue)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_is_merged_and_handed_over_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "block = [\"a@example.org\"]\nlimit = 3\nsince = 2026-01-02T03:04:05Z\n[nested]\nx = 1.5\n",
+        )
+        .unwrap();
+        let settings: toml::Table = toml::from_str("limit = 5\nextra = true").unwrap();
+        let entry: toml::Table = toml::from_str("limit = 7").unwrap();
+        let text = plugin_config(dir.path(), "p", &settings, Some(&entry)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "block": ["a@example.org"],
+                "limit": 7,
+                "extra": true,
+                "since": "2026-01-02T03:04:05Z",
+                "nested": {"x": 1.5},
+            })
+        );
+        // No file and no tables: an empty object, never empty text.
+        let none = plugin_config(dir.path(), "absent", &toml::Table::new(), None).unwrap();
+        assert_eq!(none, "{}");
+        // A broken NAME.toml names the file.
+        std::fs::write(dir.path().join("bad.toml"), "block = [").unwrap();
+        let err = plugin_config(dir.path(), "bad", &toml::Table::new(), None).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
 }

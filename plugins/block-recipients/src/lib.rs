@@ -1,5 +1,6 @@
 //! Refuses mail to the recipients listed in its configuration, at RCPT,
-//! with 550 5.7.1. Configuration (TOML): `block = ["a@example.org", ...]`
+//! with 550 5.7.1. Configuration (`NAME.toml`, received as JSON):
+//! `block = ["a@example.org", ...]`
 //! (compared case-insensitively).
 //!
 //! The list is parsed once per instance, in `init` (every instance gets
@@ -35,32 +36,20 @@ impl Plugin for BlockRecipients {
     }
 }
 
-/// The `block = [...]` list of a configuration.
+/// The `block` list of a configuration, lower-cased.
 pub fn blocked(config: &str) -> Result<Vec<String>, String> {
-    let mut list = Vec::new();
-    for line in config.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("block") else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let Some(items) = rest.strip_prefix('=').map(str::trim) else {
-            return Err(format!(
-                "cannot read {line:?}: expected block = [\"address\", ...]"
-            ));
-        };
-        let inner = items
-            .strip_prefix('[')
-            .and_then(|i| i.strip_suffix(']'))
-            .ok_or_else(|| format!("cannot read {line:?}: expected a list"))?;
-        for item in inner.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let address = item
-                .strip_prefix('"')
-                .and_then(|i| i.strip_suffix('"'))
-                .ok_or_else(|| format!("cannot read {item:?}: expected a quoted address"))?;
-            list.push(address.to_ascii_lowercase());
-        }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        #[serde(default)]
+        block: Vec<String>,
     }
-    Ok(list)
+    let config: Config = serde_json::from_str(config).map_err(|e| e.to_string())?;
+    Ok(config
+        .block
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect())
 }
 
 export_plugin!(BlockRecipients);
@@ -72,10 +61,10 @@ mod tests {
     #[test]
     fn the_block_list_is_read_from_the_config() {
         assert_eq!(
-            blocked("block = [\"A@x.test\", \"b@y.test\"]").unwrap(),
+            blocked(r#"{"block": ["A@x.test", "b@y.test"]}"#).unwrap(),
             ["a@x.test", "b@y.test"]
         );
-        assert!(blocked("block = nonsense").is_err());
-        assert!(blocked("").unwrap().is_empty());
+        assert!(blocked(r#"{"block": "nonsense"}"#).is_err());
+        assert!(blocked("{}").unwrap().is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! An example of the message hooks and the `state` import, from the
-//! plugin's config:
+//! plugin's config (`NAME.toml`; the plugin receives it as JSON):
 //!
 //! ```toml
 //! header = "X-Filtered: weir"            # data: add this header field
@@ -56,7 +56,7 @@ struct Reroute {
 static FILTER: OnceLock<Filter> = OnceLock::new();
 
 fn parse(text: &str) -> Result<Filter, String> {
-    let f: Filter = toml::from_str(text).map_err(|e| e.to_string())?;
+    let f: Filter = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if let Some(h) = &f.header
         && !h.contains(':')
     {
@@ -154,10 +154,10 @@ export_plugin!(ExampleFilter);
 mod tests {
     #[test]
     fn the_config_is_checked() {
-        let f = super::parse("header = \"X-A: b\"\n[[reroute]]\ndomain = \"d\"\nroute = \"r\"\n")
+        let f = super::parse(r#"{"header": "X-A: b", "reroute": [{"domain": "d", "route": "r"}]}"#)
             .unwrap();
         assert_eq!(f.reroute[0].route, "r");
-        assert!(super::parse("header = \"no colon\"").is_err());
-        assert!(super::parse("bogus = 1").is_err());
+        assert!(super::parse(r#"{"header": "no colon"}"#).is_err());
+        assert!(super::parse(r#"{"bogus": 1}"#).is_err());
     }
 }

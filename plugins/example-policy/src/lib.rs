@@ -1,4 +1,5 @@
-//! An example of policy at the early hooks, from the plugin's config:
+//! An example of policy at the early hooks, from the plugin's config
+//! (`NAME.toml`; the plugin receives it as JSON):
 //!
 //! ```toml
 //! drop_clients = ["192.0.2.7"]          # connect: 554 5.7.1, then close
@@ -29,7 +30,7 @@ struct Policy {
 static POLICY: OnceLock<Policy> = OnceLock::new();
 
 fn parse(text: &str) -> Result<Policy, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 fn policy() -> &'static Policy {
@@ -102,9 +103,10 @@ export_plugin!(ExamplePolicy);
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_policy_is_read_from_toml_and_unknown_keys_are_refused() {
-        let p = super::parse("bad_helo = [\"friend\"]").unwrap();
+    fn the_policy_is_read_and_unknown_keys_are_refused() {
+        let p = super::parse(r#"{"bad_helo": ["friend"]}"#).unwrap();
         assert_eq!(p.bad_helo, ["friend"]);
-        assert!(super::parse("bad_hello = []").is_err());
+        assert!(super::parse(r#"{"bad_hello": []}"#).is_err());
+        assert!(super::parse("{}").unwrap().bad_helo.is_empty());
     }
 }
