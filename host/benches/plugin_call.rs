@@ -22,7 +22,8 @@ fn noop_dir() -> tempfile::TempDir {
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
-            "--release",
+            "--profile",
+            "plugin",
             "--target",
             "wasm32-wasip2",
             "-p",
@@ -36,7 +37,7 @@ fn noop_dir() -> tempfile::TempDir {
     assert!(status.success(), "building the no-op plugin");
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
-        target.join("wasm32-wasip2/release/weir_plugin_noop.wasm"),
+        target.join("wasm32-wasip2/plugin/weir_plugin_noop.wasm"),
         dir.path().join("noop.wasm"),
     )
     .unwrap();

@@ -23,9 +23,11 @@
 //! ```
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate
-//! is a `cdylib`) and drop the `.wasm` file into the gateway's plugin
-//! directory. The contract the types come from is `wit/plugin.wit`: read it
-//! for what each hook, verdict and capability means.
+//! is a `cdylib`; set `strip = true` in the release profile, or the debug
+//! information of the standard library makes a 50 KB component 3 MB) and
+//! drop the `.wasm` file into the gateway's plugin directory. The contract
+//! the types come from is `wit/plugin.wit`: read it for what each hook,
+//! verdict and capability means.
 //!
 //! The gateway may run each call on a different instance. Every instance
 //! gets [`Plugin::init`] first, so what `init` derives from the

@@ -19,7 +19,8 @@ const CRATES: &[&str] = &[
 ];
 
 /// The `.wasm` of a plugin crate (`weir_plugin_noop.wasm` for
-/// `weir-plugin-noop`), built for wasm32-wasip2 in release. A target
+/// `weir-plugin-noop`), built for wasm32-wasip2 with the `plugin` profile
+/// (release, without debug information). A target
 /// directory of its own keeps the nested cargo off the lock of the build
 /// that runs this test.
 pub fn wasm(package: &str) -> &'static [u8] {
@@ -27,7 +28,7 @@ pub fn wasm(package: &str) -> &'static [u8] {
     let built = BUILT.get_or_init(|| {
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-plugins");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
+        cmd.args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"]);
         for c in CRATES {
             cmd.args(["-p", c]);
         }
@@ -46,7 +47,7 @@ pub fn wasm(package: &str) -> &'static [u8] {
             .iter()
             .map(|c| {
                 let file = format!("{}.wasm", c.replace('-', "_"));
-                let bytes = std::fs::read(target.join("wasm32-wasip2/release").join(&file))
+                let bytes = std::fs::read(target.join("wasm32-wasip2/plugin").join(&file))
                     .unwrap_or_else(|e| panic!("{file}: {e}"));
                 (c.to_string(), bytes)
             })

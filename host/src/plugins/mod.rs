@@ -425,11 +425,6 @@ impl Runtime {
             .linear_memory_keep_resident(64 << 10);
         // Pitfall (wasmtime 48): concurrency support on makes every call
         // 2-4x slower, and the plugin ABI is the synchronous one.
-        // A copy-on-write image of a memory's initial contents makes a new
-        // instance map it instead of copying it; wasmtime makes one only up
-        // to this size (16 MiB by default), and a pre-initialised Python or
-        // JavaScript heap is larger.
-        wasm.memory_guaranteed_dense_image_size(slot_memory);
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .concurrency_support(false)
