@@ -92,6 +92,19 @@ pub fn plugin_test(file: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `plugin_test` that must succeed; returns what it printed.
+pub fn plugin_test_ok(file: &Path, args: &[&str]) -> String {
+    let out = plugin_test(file, args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "weir plugin test {} {args:?}: {text}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Starts weir with `plugin` in a chain, expecting it to refuse to start;
 /// returns what it said.
 fn refused_at_start(plugins: &Path, plugin: &str) -> String {
@@ -563,7 +576,7 @@ fn the_cli_lists_plugins_reloads_and_tests_one() {
     // `weir plugin test`: one plugin, one hook, no server.
     let eml = plugins.path().join("m.eml");
     std::fs::write(&eml, "Subject: hi\n\nbody\n").unwrap();
-    let out = plugin_test(
+    let text = plugin_test_ok(
         &plugins.path().join("filter.wasm"),
         &[
             "--hook",
@@ -572,12 +585,6 @@ fn the_cli_lists_plugins_reloads_and_tests_one() {
             "--eml",
             eml.to_str().unwrap(),
         ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("verdict: continue"), "{text}");
     assert!(text.contains("add-header X-A: b"), "{text}");

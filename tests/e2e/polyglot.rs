@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::harness::{Client, Gateway, listener};
-use crate::plugins::{plugin_test, plugins_table, wasm};
+use crate::plugins::{plugin_test, plugin_test_ok, plugins_table, wasm};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -54,19 +54,11 @@ fn build_example(name: &str, inputs: &[&str], build: impl Fn(&Path) -> Command) 
 fn python() -> &'static [u8] {
     static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = "plugins/examples/python";
-        build_example(
+        example(
             "sender-policy",
-            &[
-                "plugins/examples/python/app.py",
-                "plugins/examples/python/build.sh",
-                "plugins/examples/python/requirements.txt",
-            ],
-            |out| {
-                let mut cmd = Command::new("bash");
-                cmd.arg(repo().join(dir).join("build.sh")).arg(out);
-                cmd
-            },
+            "plugins/examples/python",
+            &["app.py", "build.sh", "requirements.txt"],
+            &["bash", "build.sh"],
         )
     })
 }
@@ -76,20 +68,26 @@ fn python() -> &'static [u8] {
 fn javascript() -> &'static [u8] {
     static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = "plugins/examples/javascript";
-        build_example(
+        example(
             "content-inspector",
-            &[
-                "plugins/examples/javascript/plugin.js",
-                "plugins/examples/javascript/build.mjs",
-                "plugins/examples/javascript/package-lock.json",
-            ],
-            |out| {
-                let mut cmd = Command::new("node");
-                cmd.arg(repo().join(dir).join("build.mjs")).arg(out);
-                cmd
-            },
+            "plugins/examples/javascript",
+            &["plugin.js", "build.mjs", "package-lock.json"],
+            &["node", "build.mjs"],
         )
+    })
+}
+
+/// An example in `dir`, built by `script OUTPUT` run in `dir`, from
+/// `inputs` in `dir`.
+fn example(name: &str, dir: &str, inputs: &[&str], script: &[&str]) -> Vec<u8> {
+    let inputs: Vec<String> = inputs.iter().map(|i| format!("{dir}/{i}")).collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    build_example(name, &inputs, |out| {
+        let mut cmd = Command::new(script[0]);
+        cmd.args(&script[1..])
+            .arg(out)
+            .current_dir(repo().join(dir));
+        cmd
     })
 }
 
@@ -261,7 +259,7 @@ fn weir_plugin_test_runs_the_python_and_javascript_plugins() {
     let eml = eml.to_str().unwrap();
 
     // Python at RCPT: the verdict, and the costs it reports.
-    let out = plugin_test(
+    let text = plugin_test_ok(
         &plugins.path().join("sender-policy.wasm"),
         &[
             "--hook",
@@ -271,12 +269,6 @@ fn weir_plugin_test_runs_the_python_and_javascript_plugins() {
             "--repeat",
             "20",
         ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("hooks: rcpt, data"), "{text}");
     assert!(
@@ -289,11 +281,10 @@ fn weir_plugin_test_runs_the_python_and_javascript_plugins() {
     assert!(text.contains("repeat: 20 calls"), "{text}");
 
     // Python at DATA: its header.
-    let out = plugin_test(
+    let text = plugin_test_ok(
         &plugins.path().join("sender-policy.wasm"),
         &["--hook", "data", "--eml", eml],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verdict: continue"), "{text}");
     assert!(
         text.contains("add-header X-Sender-Count: 1 in 3600s"),
@@ -302,15 +293,9 @@ fn weir_plugin_test_runs_the_python_and_javascript_plugins() {
 
     // JavaScript at DATA: header, tag and score, and the message they
     // leave.
-    let out = plugin_test(
+    let text = plugin_test_ok(
         &plugins.path().join("content-inspector.wasm"),
         &["--hook", "data", "--eml", eml, "--show-message"],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("hooks: data"), "{text}");
     assert!(
