@@ -196,7 +196,7 @@ fn describe(state: &crate::queue::RcptState) -> String {
 
 /// Targets that log every compiled function at debug level (tens of
 /// thousands of lines for a Python or JavaScript plugin, and seconds of
-/// compile time): kept at warn unless the configured filter names them.
+/// compile time): kept at error unless the configured filter names them.
 const COMPILER_TARGETS: &[&str] = &[
     "cranelift_codegen",
     "cranelift_frontend",
@@ -209,7 +209,7 @@ fn log_filter(level: &str) -> String {
     let mut filter = level.to_string();
     for target in COMPILER_TARGETS {
         if !level.contains(target) {
-            filter.push_str(&format!(",{target}=warn"));
+            filter.push_str(&format!(",{target}=error"));
         }
     }
     filter
@@ -232,10 +232,10 @@ mod tests {
     fn the_compiler_stays_quiet_unless_the_filter_names_it() {
         let f = super::log_filter("debug");
         assert!(f.starts_with("debug,"), "{f}");
-        assert!(f.contains("cranelift_codegen=warn"), "{f}");
+        assert!(f.contains("cranelift_codegen=error"), "{f}");
         let f = super::log_filter("info,cranelift_codegen=debug");
-        assert!(!f.contains("cranelift_codegen=warn"), "{f}");
-        assert!(f.contains("wasmtime_internal_cranelift=warn"), "{f}");
+        assert!(!f.contains("cranelift_codegen=error"), "{f}");
+        assert!(f.contains("wasmtime_internal_cranelift=error"), "{f}");
         tracing_subscriber::EnvFilter::try_new(super::log_filter("weir::smtp=debug,info")).unwrap();
     }
 }

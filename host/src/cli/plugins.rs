@@ -87,7 +87,8 @@ pub(super) struct TestArgs {
     show_message: bool,
     /// Call the hook this many times more on a ready instance and print
     /// the median and 99th percentile of a call (what the plugin costs the
-    /// gateway per transaction).
+    /// gateway per call once its pool is warm; the message is parsed once,
+    /// during the first call, as the gateway parses it once per chain).
     #[arg(long, default_value_t = 0)]
     repeat: u32,
     /// Where compiled components are kept, so that only the first test of
@@ -101,11 +102,17 @@ pub(super) struct TestArgs {
 }
 
 /// The per-user cache of compiled components for `weir plugin test`.
+/// (A relative `XDG_CACHE_HOME` is ignored, as the XDG spec says; with
+/// no usable `HOME` either, nothing is cached.)
 fn user_cache_dir() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })?;
     Some(base.join("weir").join("plugins"))
 }
 

@@ -632,21 +632,33 @@ fn plugin_config(
             table.insert(k.clone(), v.clone());
         }
     }
-    Ok(json(toml::Value::Table(table)).to_string())
+    json(toml::Value::Table(table))
+        .map(|j| j.to_string())
+        .map_err(|reason| PluginError::Invalid {
+            name: name.into(),
+            reason,
+        })
 }
 
-/// TOML to JSON; dates and times become their RFC 3339 text.
-fn json(value: toml::Value) -> serde_json::Value {
+/// TOML to JSON; dates and times become their RFC 3339 text. JSON has no
+/// `nan` or `inf`: those are refused rather than turned into `null`.
+fn json(value: toml::Value) -> Result<serde_json::Value, String> {
     use serde_json::Value as J;
-    match value {
+    Ok(match value {
         toml::Value::String(s) => J::String(s),
         toml::Value::Integer(i) => J::from(i),
-        toml::Value::Float(f) => J::from(f),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(J::Number)
+            .ok_or_else(|| format!("the configuration holds {f}, which JSON cannot carry"))?,
         toml::Value::Boolean(b) => J::Bool(b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
-        toml::Value::Array(a) => J::Array(a.into_iter().map(json).collect()),
-        toml::Value::Table(t) => J::Object(t.into_iter().map(|(k, v)| (k, json(v))).collect()),
-    }
+        toml::Value::Array(a) => J::Array(a.into_iter().map(json).collect::<Result<_, _>>()?),
+        toml::Value::Table(t) => J::Object(
+            t.into_iter()
+                .map(|(k, v)| Ok((k, json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
 }
 
 enum InitError {
@@ -823,6 +835,10 @@ mod tests {
         // No file and no tables: an empty object, never empty text.
         let none = plugin_config(dir.path(), "absent", &toml::Table::new(), None).unwrap();
         assert_eq!(none, "{}");
+        // JSON has no infinity.
+        let inf: toml::Table = toml::from_str("score = inf").unwrap();
+        let err = plugin_config(dir.path(), "absent", &inf, None).unwrap_err();
+        assert!(err.to_string().contains("inf"), "{err}");
         // A broken NAME.toml names the file.
         std::fs::write(dir.path().join("bad.toml"), "block = [").unwrap();
         let err = plugin_config(dir.path(), "bad", &toml::Table::new(), None).unwrap_err();

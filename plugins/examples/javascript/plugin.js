@@ -40,20 +40,28 @@ function parse(text) {
     throw `unknown keys: ${unknown.join(', ')}`;
   }
   const score = config.keyword_score ?? 1.0;
-  if (typeof score !== 'number') {
+  if (typeof score !== 'number' || !Number.isFinite(score)) {
     throw 'keyword_score must be a number';
+  }
+  const header = config.header ?? 'X-Content-Inspected';
+  // A header field name (RFC 5322 3.6.8): printable ASCII but ":".
+  if (typeof header !== 'string' || (header !== '' && !/^[!-9;-~]+$/.test(header))) {
+    throw 'header must be a header field name, or "" for none';
   }
   return {
     blockedExtensions: strings(config, 'blocked_extensions'),
     subjectKeywords: strings(config, 'subject_keywords'),
     keywordScore: score,
-    header: String(config.header ?? 'X-Content-Inspected'),
+    header,
   };
 }
 
+// Trailing dots and spaces are dropped first, as Windows does when it
+// opens the file: "Setup.exe. " is an .exe.
 function extension(name) {
-  const dot = name.lastIndexOf('.');
-  return dot < 0 ? '' : name.slice(dot + 1).toLowerCase();
+  const trimmed = name.replace(/[. ]+$/, '');
+  const dot = trimmed.lastIndexOf('.');
+  return dot < 0 ? '' : trimmed.slice(dot + 1).toLowerCase();
 }
 
 const CONTINUE = { tag: 'continue' };

@@ -18,6 +18,7 @@ Grants it needs: `state` (the counter) and `modify` (the header).
 """
 
 import json
+import re
 
 import wit_world
 from componentize_py_types import Err
@@ -39,6 +40,17 @@ SETTINGS = {}
 
 KNOWN = {"block", "max_messages", "window_secs", "count_header"}
 
+# A header field name (RFC 5322 3.6.8): printable ASCII but ":".
+FIELD_NAME = re.compile(r"[!-9;-~]+")
+
+
+def whole_number(config: dict, key: str, default: int, low: int, high: int) -> int:
+    value = config.get(key, default)
+    # bool is an int in Python; a TOML true is not a count.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be a whole number from {low} to {high}")
+    return value
+
 
 def parse(text: str) -> dict:
     """The configuration, checked; raises ValueError naming what is wrong."""
@@ -52,12 +64,14 @@ def parse(text: str) -> dict:
     settings = {
         "addresses": {b.lower() for b in block if not b.startswith("@")},
         "domains": {b[1:].lower() for b in block if b.startswith("@")},
-        "max_messages": int(config.get("max_messages", 0)),
-        "window_secs": int(config.get("window_secs", 3600)),
-        "count_header": str(config.get("count_header", "X-Sender-Count")),
+        "max_messages": whole_number(config, "max_messages", 0, 0, 2**63),
+        # state.incr takes the window as a u32.
+        "window_secs": whole_number(config, "window_secs", 3600, 1, 2**32 - 1),
+        "count_header": config.get("count_header", "X-Sender-Count"),
     }
-    if settings["max_messages"] < 0 or settings["window_secs"] <= 0:
-        raise ValueError("max_messages must be >= 0 and window_secs > 0")
+    header = settings["count_header"]
+    if not isinstance(header, str) or (header and not FIELD_NAME.fullmatch(header)):
+        raise ValueError("count_header must be a header field name, or \"\" for none")
     return settings
 
 
@@ -86,7 +100,11 @@ class WitWorld(wit_world.WitWorld):
         return Verdict_Continue()
 
     def on_data(self, conn, env, msg):
-        sender = (env.sender or "").lower() or "<>"
+        sender = (env.sender or "").lower()
+        if not sender:
+            # The null sender (bounces) names nobody to limit; one shared
+            # counter would defer every bounce once it filled.
+            return continue_()
         try:
             count = state.incr(f"sender:{sender}", 1, SETTINGS["window_secs"])
         except Err as e:
