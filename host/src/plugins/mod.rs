@@ -622,7 +622,17 @@ fn plugin_config(
     entry: Option<&toml::Table>,
 ) -> Result<String, PluginError> {
     let path = dir.join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // An unreadable file is not an empty configuration.
+        Err(e) => {
+            return Err(PluginError::Invalid {
+                name: name.into(),
+                reason: format!("{}: {e}", path.display()),
+            });
+        }
+    };
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| PluginError::Invalid {
         name: name.into(),
         reason: format!("{}: {e}", path.display()),
@@ -839,6 +849,11 @@ mod tests {
         let inf: toml::Table = toml::from_str("score = inf").unwrap();
         let err = plugin_config(dir.path(), "absent", &inf, None).unwrap_err();
         assert!(err.to_string().contains("inf"), "{err}");
+        // A NAME.toml that cannot be read (here: a directory) names the
+        // file rather than passing for an empty configuration.
+        std::fs::create_dir(dir.path().join("dir.toml")).unwrap();
+        let err = plugin_config(dir.path(), "dir", &toml::Table::new(), None).unwrap_err();
+        assert!(err.to_string().contains("dir.toml"), "{err}");
         // A broken NAME.toml names the file.
         std::fs::write(dir.path().join("bad.toml"), "block = [").unwrap();
         let err = plugin_config(dir.path(), "bad", &toml::Table::new(), None).unwrap_err();
