@@ -63,6 +63,7 @@ fn load(rt: &tokio::runtime::Runtime, dir: &Path, instances: usize) -> (Runtime,
         Services {
             resolver: None,
             state: Default::default(),
+            authserv_id: "bench.test".into(),
         },
         None,
     )
@@ -104,7 +105,7 @@ fn bench(c: &mut Criterion) {
     });
     let rcpt = HookArgs::Rcpt(conn(), env(), "c@example.net".into());
     c.bench_function("rcpt hook, pooled instance", |b| {
-        b.iter(|| rt.block_on(pooled.call(&rcpt)).unwrap())
+        b.iter(|| rt.block_on(pooled.call(&rcpt, None)).unwrap())
     });
     let message = Arc::new(MessageView::new(Arc::new(
         b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n".to_vec(),
@@ -112,13 +113,13 @@ fn bench(c: &mut Criterion) {
     let data = HookArgs::Data(conn(), env(), message);
     c.bench_function(
         "data hook with the message resource, pooled instance",
-        |b| b.iter(|| rt.block_on(pooled.call(&data)).unwrap()),
+        |b| b.iter(|| rt.block_on(pooled.call(&data, None)).unwrap()),
     );
     // instances = 0: nothing is kept, so every call instantiates and inits.
     let (_fresh_runtime, fresh) = load(&rt, dir.path(), 0);
     c.bench_function(
         "rcpt hook, fresh instance (instantiate + init + call)",
-        |b| b.iter(|| rt.block_on(fresh.call(&rcpt)).unwrap()),
+        |b| b.iter(|| rt.block_on(fresh.call(&rcpt, None)).unwrap()),
     );
 }
 

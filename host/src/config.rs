@@ -45,6 +45,45 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Where plugins are and what happens when one fails.
     pub plugins: PluginsConfig,
+    /// Email authentication of incoming mail (SPF, DKIM, DMARC, ARC).
+    pub auth: AuthConfig,
+    /// DKIM signing of outgoing mail.
+    pub dkim: DkimConfig,
+}
+
+/// Email authentication of incoming mail.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The name results are reported under in Authentication-Results
+    /// (RFC 8601 authserv-id); default: `hostname`.
+    pub authserv_id: Option<String>,
+}
+
+/// DKIM signing (RFC 6376) of mail leaving through delivery.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimConfig {
+    /// One entry per key: a domain may have several (RSA and Ed25519).
+    pub sign: Vec<DkimSignConfig>,
+}
+
+/// One DKIM signing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSignConfig {
+    /// Messages whose From header is at this domain are signed (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the key is published at
+    /// `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// The private key, PEM: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    /// The algorithm follows the key. A relative path is taken from the
+    /// working directory, like every path of the configuration.
+    pub key: PathBuf,
+    /// Header fields to sign; From is always signed and oversigned.
+    #[serde(default)]
+    pub headers: Option<Vec<String>>,
 }
 
 /// The plugin directory, the failure policy and each plugin's grants and
@@ -383,6 +422,8 @@ impl Default for RouteConfig {
 
 /// The top-level keys of [`Config`], for filtering the environment.
 const TOP_LEVEL_KEYS: &[&str] = &[
+    "auth",
+    "dkim",
     "hostname",
     "data_dir",
     "log_level",
@@ -514,6 +555,8 @@ impl Default for Config {
             dns: DnsConfig::default(),
             routes: vec![RouteConfig::default()],
             plugins: PluginsConfig::default(),
+            auth: AuthConfig::default(),
+            dkim: DkimConfig::default(),
         }
     }
 }
@@ -697,6 +740,16 @@ impl Config {
         Ok(())
     }
 
+    /// The authserv-id of Authentication-Results: `auth.authserv_id`,
+    /// else the host name, lower case.
+    pub fn authserv_id(&self) -> String {
+        self.auth
+            .authserv_id
+            .clone()
+            .unwrap_or_else(|| self.hostname.clone())
+            .to_ascii_lowercase()
+    }
+
     /// The effective configuration as TOML, for `weir check-config`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
@@ -815,6 +868,13 @@ mod tests {
             .settings
             .insert("p".into(), PluginSettings::default());
         config.plugins.cache_dir = Some("c".into());
+        config.auth.authserv_id = Some("mx".into());
+        config.dkim.sign.push(DkimSignConfig {
+            domain: "d".into(),
+            selector: "s".into(),
+            key: "k".into(),
+            headers: Some(vec!["From".into()]),
+        });
         let value = toml::Value::try_from(&config).unwrap();
         let mut all = Vec::new();
         keys(&value, "", &mut all);

@@ -19,14 +19,18 @@
 //! [`shutdown`] is the one stop signal every task watches; [`cli`] is the
 //! command line.
 //!
-//! Authentication (`auth`),
-//! shared state (`state`) and the admin API (`admin`) join this list as
+//! - [`auth`]: email authentication: SPF, DKIM, DMARC, ARC and iprev of
+//!   what arrives (computed when a plugin asks), DKIM signing of what
+//!   leaves.
+//!
+//! Shared state (`state`) and the admin API (`admin`) join this list as
 //! they are built; `docs/DESIGN.md` is the map.
 //!
 //! Errors: each library module has its own `thiserror` enum
 //! ([`config::ConfigError`], [`queue::SpoolError`], ...); `anyhow` is used
 //! only where the binary meets the world ([`cli`], [`server`]).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;

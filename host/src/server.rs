@@ -59,6 +59,11 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
     let (trigger, shutdown) = shutdown::channel();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let delivery = Arc::new(Delivery::new(&config, spool.clone())?);
+    // Authentication checks share delivery's resolver and its cache.
+    let auth = Arc::new(crate::auth::Authenticator::new(
+        delivery.resolver().clone(),
+        config.authserv_id(),
+    ));
     // Plugins: loaded (compiled, or taken from the cache) before anything
     // is accepted or delivered.
     let plugins = Arc::new(Runtime::new(
@@ -66,6 +71,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         crate::plugins::Services {
             resolver: Some(delivery.resolver().clone()),
             state: Default::default(),
+            authserv_id: config.authserv_id(),
         },
         Some(cache_dir(&config)),
     )?);
@@ -92,6 +98,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             spool: spool.clone(),
             queue: queue.clone(),
             plugins: Some(plugins.clone()),
+            auth: Some(auth.clone()),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }

@@ -49,7 +49,7 @@ pub mod bindings {
 
 pub use bindings::weir::plugin::message::Message;
 pub use bindings::weir::plugin::types::{
-    Connection, Decision, DeliveryOutcome, Envelope, Header, Hook, Mutation, PartInfo,
+    Connection, Decision, DeliveryOutcome, Envelope, Header, HeaderAt, Hook, Mutation, PartInfo,
     PartReplacement, Reply, TlsInfo, Verdict,
 };
 pub use bindings::weir::plugin::{auth_results, config, dns, log, state};
@@ -144,6 +144,15 @@ impl Mutation {
         Mutation::AddHeader(Header::new(name, value))
     }
 
+    /// Removes one field: the `index`-th (from 0, top first) of those
+    /// named `name`, as [`Message::header`] lists them.
+    pub fn remove_header_at(name: &str, index: u32) -> Mutation {
+        Mutation::RemoveHeaderAt(HeaderAt {
+            name: name.to_string(),
+            index,
+        })
+    }
+
     /// Replaces every field named `name` by one (or adds it).
     pub fn replace_header(name: &str, value: &str) -> Mutation {
         Mutation::ReplaceHeader(Header::new(name, value))
@@ -157,6 +166,17 @@ impl Mutation {
             content_type: "text/plain; charset=utf-8".to_string(),
             body: text.as_bytes().to_vec(),
         })
+    }
+}
+
+impl auth_results::AuthResult {
+    /// The value of the property `name` (e.g. "header.from"), if the
+    /// result has it.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.as_str())
     }
 }
 

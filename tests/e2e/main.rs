@@ -5,6 +5,7 @@ mod dns;
 mod harness;
 mod sink;
 
+mod auth;
 mod bad_input;
 mod cli;
 mod crash;
@@ -16,4 +17,5 @@ mod postfix;
 mod real_clients;
 mod receive;
 mod shutdown;
+mod spf_suite;
 mod tls;

@@ -10,6 +10,7 @@ use crate::sink::{Sink, SinkOptions};
 
 /// The plugin crates the tests use, built together once per test run.
 const CRATES: &[&str] = &[
+    "weir-plugin-auth-policy",
     "weir-plugin-block-recipients",
     "weir-plugin-example-policy",
     "weir-plugin-example-filter",

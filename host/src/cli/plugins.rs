@@ -125,7 +125,7 @@ pub(super) fn plugins(config: &Config, command: PluginsCommand) -> anyhow::Resul
             let generation = runtime.block_on(async {
                 let plugins = Runtime::new(
                     &config.plugins,
-                    services(Some(&config.dns)),
+                    services(Some(&config.dns), config.authserv_id()),
                     Some(crate::server::cache_dir(config)),
                 )?;
                 anyhow::Ok(plugins.load(&config.plugins, &config.listeners).await?)
@@ -160,10 +160,11 @@ pub(super) fn plugins(config: &Config, command: PluginsCommand) -> anyhow::Resul
     }
 }
 
-fn services(dns: Option<&crate::config::DnsConfig>) -> Services {
+fn services(dns: Option<&crate::config::DnsConfig>, authserv_id: String) -> Services {
     Services {
         resolver: dns.and_then(|d| crate::delivery::dns::resolver(d).ok()),
         state: Default::default(),
+        authserv_id,
     }
 }
 
@@ -300,7 +301,11 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     runtime.block_on(async move {
         let started = std::time::Instant::now();
-        let plugins = Runtime::new(&plugins_config, services(Some(&Default::default())), cache)?;
+        let plugins = Runtime::new(
+            &plugins_config,
+            services(Some(&Default::default()), "weir.test".into()),
+            cache,
+        )?;
         let generation = plugins.load(&plugins_config, &[listener]).await?;
         let plugin = generation.plugins.get(&name).expect("loaded above").clone();
         println!(
@@ -336,7 +341,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let started = std::time::Instant::now();
-        let decision = match plugin.call(&hook_args).await {
+        let decision = match plugin.call(&hook_args, None).await {
             Ok(d) => d,
             Err(e) => {
                 println!("failed: {e}");
@@ -349,7 +354,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             let mut times = Vec::with_capacity(args.repeat as usize);
             for _ in 0..args.repeat {
                 let started = std::time::Instant::now();
-                if let Err(e) = plugin.call(&hook_args).await {
+                if let Err(e) = plugin.call(&hook_args, None).await {
                     println!("failed on a repeated call: {e}");
                     return Ok(ExitCode::FAILURE);
                 }
@@ -478,6 +483,7 @@ fn print_decision(d: &Decision) {
         let text = match m {
             Mutation::AddHeader(h) => format!("add-header {}: {}", h.name, h.value),
             Mutation::RemoveHeader(n) => format!("remove-header {n}"),
+            Mutation::RemoveHeaderAt(at) => format!("remove-header-at {}[{}]", at.name, at.index),
             Mutation::ReplaceHeader(h) => format!("replace-header {}: {}", h.name, h.value),
             Mutation::AddRecipient(r) => format!("add-recipient {r}"),
             Mutation::RemoveRecipient(r) => format!("remove-recipient {r}"),

@@ -134,6 +134,9 @@ pub enum DeliveryError {
     /// The DNS resolver could not be built.
     #[error("{0}")]
     Dns(String),
+    /// A DKIM signing key is unusable.
+    #[error("{0}")]
+    Dkim(#[from] crate::auth::sign::SignError),
     /// A route's TLS settings are unusable.
     #[error("route {route}: {reason}")]
     Tls {
@@ -153,6 +156,11 @@ pub struct Delivery {
     hostname: String,
     queue: QueueConfig,
     spool: Spool,
+    /// DKIM keys for the mail we send.
+    signer: crate::auth::sign::Signer,
+    /// The listeners, to tell mail from our own clients (signed) from
+    /// mail relayed from elsewhere (never signed).
+    listeners: Vec<crate::config::ListenerConfig>,
     /// The plugins, for the pre-delivery and delivery-result hooks (set
     /// once, before the queue manager starts).
     plugins: std::sync::OnceLock<Arc<crate::plugins::Runtime>>,
@@ -174,6 +182,7 @@ impl Delivery {
     /// Builds the resolver and the routes' TLS configurations.
     pub fn new(config: &Config, spool: Spool) -> Result<Delivery, DeliveryError> {
         let resolver = dns::resolver(&config.dns).map_err(DeliveryError::Dns)?;
+        let signer = crate::auth::sign::Signer::load(&config.dkim.sign)?;
         let unverified = tls::unverified();
         let mut tls_configs = Vec::new();
         for r in &config.routes {
@@ -196,6 +205,8 @@ impl Delivery {
             hostname: config.hostname.clone(),
             queue: config.queue.clone(),
             spool,
+            signer,
+            listeners: config.listeners.clone(),
             plugins: std::sync::OnceLock::new(),
         })
     }
@@ -481,8 +492,62 @@ impl Delivery {
         self.finish_job(job, outcomes, &relay, events).await;
     }
 
-    /// Runs the pre-delivery chain of the listener the message came in on.
+    /// What happens before an attempt: the pre-delivery chain, then DKIM
+    /// signing of what it leaves.
     async fn pre_delivery(&self, hop: &NextHop, job: &Job) -> PreDelivery {
+        let decided = self.pre_delivery_chain(hop, job).await;
+        let PreDelivery::Deliver { message, reroute } = decided else {
+            return decided;
+        };
+        if !self.signs(job) {
+            return PreDelivery::Deliver { message, reroute };
+        }
+        let message = match message {
+            Some(m) => m,
+            None => match self.spool.read(job.location).await {
+                Ok(m) => m,
+                Err(e) => {
+                    return PreDelivery::Settled(RcptOutcome::Temporary(format!(
+                        "451 4.3.0 cannot read queue file: {e}"
+                    )));
+                }
+            },
+        };
+        let signatures = self.signer.sign(&message);
+        if signatures.is_empty() {
+            return PreDelivery::Deliver {
+                message: Some(message),
+                reroute,
+            };
+        }
+        tracing::debug!(queue_id = %job.id, signatures = signatures.len(), "DKIM signed");
+        let mut signed =
+            Vec::with_capacity(message.len() + signatures.iter().map(String::len).sum::<usize>());
+        for s in &signatures {
+            signed.extend_from_slice(s.as_bytes());
+        }
+        signed.extend_from_slice(&message);
+        PreDelivery::Deliver {
+            message: Some(signed),
+            reroute,
+        }
+    }
+
+    /// Whether `job` is ours to sign: keys are configured and the message
+    /// came from a client allowed to relay through its listener (our own
+    /// users), never from the outside, whatever its From says.
+    fn signs(&self, job: &Job) -> bool {
+        let client = &job.envelope.client;
+        !self.signer.is_empty()
+            && self
+                .listeners
+                .iter()
+                .find(|l| l.name == client.listener)
+                .is_some_and(|l| l.may_relay(client.addr.ip()))
+    }
+
+    /// Runs the pre-delivery chain of the listener the message came in on.
+    async fn pre_delivery_chain(&self, hop: &NextHop, job: &Job) -> PreDelivery {
         use crate::plugins::{Hook, HookArgs, Outcome};
         let go = PreDelivery::Deliver {
             message: None,
@@ -512,7 +577,7 @@ impl Delivery {
             hop.domain.clone()
         };
         let args = HookArgs::PreDelivery(plugin_envelope(job), destination, view.clone());
-        let result = generation.run(listener, args).await;
+        let result = generation.run(listener, args, None).await;
         let settled = |reply: crate::smtp::Reply| {
             let text = format!(
                 "{} {} {}",
@@ -619,7 +684,7 @@ impl Delivery {
             .collect();
         let args = HookArgs::DeliveryResult(plugin_envelope(job), list);
         tokio::spawn(async move {
-            generation.run(&listener, args).await;
+            generation.run(&listener, args, None).await;
         });
     }
 }

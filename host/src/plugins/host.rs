@@ -4,7 +4,7 @@
 //! plugin sees.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
@@ -25,6 +25,7 @@ pub mod bindings {
         imports: {
             "weir:plugin/dns": async | trappable,
             "weir:plugin/state": async | trappable,
+            "weir:plugin/auth-results": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -46,6 +47,8 @@ pub struct Services {
     pub resolver: Option<TokioResolver>,
     /// The `state` store.
     pub state: Arc<StateStore>,
+    /// The gateway's authserv-id (Authentication-Results).
+    pub authserv_id: String,
 }
 
 /// Per-store state: WASI (with nothing granted), resources, limits, and the
@@ -58,6 +61,12 @@ pub struct HostState {
     pub(super) config: Arc<str>,
     pub(super) grants: Arc<[Grant]>,
     pub(super) services: Arc<Services>,
+    /// The current call's transaction, for `auth-results`.
+    pub(super) auth: Option<Arc<crate::auth::Transaction>>,
+    /// Time the current call spent waiting in host imports (DNS, state,
+    /// authentication): credited back to its deadline, which measures the
+    /// plugin's own time.
+    pub(super) waited: Duration,
 }
 
 impl HostState {
@@ -149,29 +158,42 @@ fn name(text: &str) -> Option<Name> {
     Name::from_utf8(text).ok()
 }
 
+impl HostState {
+    /// Runs `work` (a host import that waits), counting the wait.
+    async fn waiting<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = work.await;
+        self.waited += started.elapsed();
+        out
+    }
+}
+
 impl dns::Host for HostState {
     async fn lookup_a(&mut self, host: String) -> DnsResult<String> {
-        lookup(self.resolver(), name(&host), RecordType::A, |d| match d {
+        let resolver = self.resolver();
+        self.waiting(lookup(resolver, name(&host), RecordType::A, |d| match d {
             RData::A(a) => Some(a.0.to_string()),
             _ => None,
-        })
+        }))
         .await
     }
     async fn lookup_aaaa(&mut self, host: String) -> DnsResult<String> {
-        lookup(
-            self.resolver(),
+        let resolver = self.resolver();
+        self.waiting(lookup(
+            resolver,
             name(&host),
             RecordType::AAAA,
             |d| match d {
                 RData::AAAA(a) => Some(a.0.to_string()),
                 _ => None,
             },
-        )
+        ))
         .await
     }
     async fn lookup_mx(&mut self, domain: String) -> DnsResult<dns::Mx> {
-        lookup(
-            self.resolver(),
+        let resolver = self.resolver();
+        self.waiting(lookup(
+            resolver,
             name(&domain),
             RecordType::MX,
             |d| match d {
@@ -181,28 +203,35 @@ impl dns::Host for HostState {
                 }),
                 _ => None,
             },
-        )
+        ))
         .await
     }
     async fn lookup_txt(&mut self, host: String) -> DnsResult<String> {
-        lookup(self.resolver(), name(&host), RecordType::TXT, |d| match d {
-            RData::TXT(t) => Some(
-                t.txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s))
-                    .collect(),
-            ),
-            _ => None,
-        })
+        let resolver = self.resolver();
+        self.waiting(lookup(
+            resolver,
+            name(&host),
+            RecordType::TXT,
+            |d| match d {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect(),
+                ),
+                _ => None,
+            },
+        ))
         .await
     }
     async fn lookup_ptr(&mut self, ip: String) -> DnsResult<String> {
         // The in-addr.arpa / ip6.arpa name of the address.
         let name = ip.parse::<std::net::IpAddr>().ok().map(Name::from);
-        lookup(self.resolver(), name, RecordType::PTR, |d| match d {
+        let resolver = self.resolver();
+        self.waiting(lookup(resolver, name, RecordType::PTR, |d| match d {
             RData::PTR(p) => Some(p.0.to_utf8()),
             _ => None,
-        })
+        }))
         .await
     }
 }
@@ -245,10 +274,57 @@ impl state::Host for HostState {
     }
 }
 
+impl HostState {
+    /// The transaction's results so far (computed on the first ask).
+    async fn auth_results(&mut self) -> Vec<crate::auth::AuthResult> {
+        match self.auth.clone() {
+            Some(t) => self.waiting(t.results()).await,
+            None => Vec::new(),
+        }
+    }
+}
+
 impl auth_results::Host for HostState {
-    fn results(&mut self) -> Trappable<Vec<auth_results::AuthResult>> {
-        // Filled by the email-authentication issue.
-        Ok(Vec::new())
+    async fn results(&mut self) -> Trappable<Vec<auth_results::AuthResult>> {
+        use crate::auth::Outcome as O;
+        use auth_results::Outcome as W;
+        Ok(self
+            .auth_results()
+            .await
+            .into_iter()
+            .map(|r| auth_results::AuthResult {
+                method: r.method.as_str().to_string(),
+                outcome: match r.outcome {
+                    O::None => W::None,
+                    O::Pass => W::Pass,
+                    O::Fail => W::Fail,
+                    O::SoftFail => W::Softfail,
+                    O::Neutral => W::Neutral,
+                    O::TempError => W::Temperror,
+                    O::PermError => W::Permerror,
+                    O::Policy => W::Policy,
+                },
+                reason: r.reason,
+                properties: r
+                    .properties
+                    .into_iter()
+                    .map(|p| auth_results::Property {
+                        name: p.name,
+                        value: p.value,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+    async fn authserv_id(&mut self) -> Trappable<String> {
+        Ok(self.services.authserv_id.clone())
+    }
+    async fn header_value(&mut self) -> Trappable<String> {
+        let results = self.auth_results().await;
+        Ok(crate::auth::header_value(
+            &self.services.authserv_id,
+            &results,
+        ))
     }
 }
 

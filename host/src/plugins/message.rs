@@ -214,6 +214,9 @@ pub enum MutationError {
     /// A content type that cannot be written.
     #[error("bad content type {0:?}")]
     BadContentType(String),
+    /// A header field to remove by position is not there.
+    #[error("no header field {0}")]
+    NoSuchHeader(String),
 }
 
 /// Applies `mutations` (in chain order) to the message of `view`.
@@ -224,9 +227,10 @@ pub fn apply(view: &MessageView, mutations: &[Mutation]) -> Result<Edited, Mutat
     let raw = view.raw().as_slice();
     for m in mutations {
         match m {
-            Mutation::AddHeader(_) | Mutation::RemoveHeader(_) | Mutation::ReplaceHeader(_) => {
-                header_edits.push(m.clone())
-            }
+            Mutation::AddHeader(_)
+            | Mutation::RemoveHeader(_)
+            | Mutation::RemoveHeaderAt(_)
+            | Mutation::ReplaceHeader(_) => header_edits.push(m.clone()),
             Mutation::AddRecipient(r) => out.envelope.add_recipients.push(r.clone()),
             Mutation::RemoveRecipient(r) => out.envelope.remove_recipients.push(r.clone()),
             Mutation::SetRoute(r) => out.envelope.route = Some(r.clone()),
@@ -354,6 +358,32 @@ fn edit_headers(raw: &[u8], edits: &[Mutation]) -> Result<Vec<u8>, MutationError
         }
         Ok(format!("{}: {}\r\n", h.name, h.value).into_bytes())
     };
+    // Removals by position name fields of the message as the chain saw
+    // it, so they go first, before any edit shifts the positions.
+    let mut doomed: Vec<(String, u32)> = Vec::new();
+    for edit in edits {
+        if let Mutation::RemoveHeaderAt(at) = edit {
+            let key = (at.name.to_ascii_lowercase(), at.index);
+            if !doomed.contains(&key) {
+                doomed.push(key);
+            }
+        }
+    }
+    if !doomed.is_empty() {
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        let before = fields.len();
+        fields.retain(|(n, _)| {
+            let n = n.to_ascii_lowercase();
+            let i = seen.entry(n.clone()).or_insert(0);
+            let keep = !doomed.contains(&(n, *i));
+            *i += 1;
+            keep
+        });
+        if before - fields.len() != doomed.len() {
+            let (name, index) = &doomed[0];
+            return Err(MutationError::NoSuchHeader(format!("{name}[{index}]")));
+        }
+    }
     for edit in edits {
         match edit {
             Mutation::AddHeader(h) => fields.insert(0, (h.name.clone(), field(h)?)),
@@ -385,8 +415,16 @@ fn is_field_name(name: &str) -> bool {
         && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
+/// A value fit for a header field: no control characters but tab, and
+/// line breaks only as folding (CRLF then a space or tab, and more than
+/// white space on the line).
 fn is_field_value(value: &str) -> bool {
-    value.len() <= 4096 && !value.chars().any(|c| c.is_control() && c != '\t')
+    value.len() <= 4096
+        && value.split("\r\n").enumerate().all(|(i, line)| {
+            let folded = i == 0
+                || (line.starts_with([' ', '\t']) && !line.trim_matches([' ', '\t']).is_empty());
+            folded && !line.chars().any(|c| c.is_control() && c != '\t')
+        })
 }
 
 /// Bytes with every line ending made CRLF.
@@ -437,7 +475,7 @@ fn encode(content: &[u8]) -> (&'static str, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::host_bindings::weir::plugin::types::PartReplacement;
+    use crate::plugins::host_bindings::weir::plugin::types::{HeaderAt, PartReplacement};
 
     const MULTIPART: &[u8] = b"Received: x\r\nFrom: a@b\r\nSubject: hi\r\n there\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: application/octet-stream; name=\"a.exe\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"a.exe\"\r\n\r\nTVqQAAMAAAAEAAAA\r\n--XX--\r\nepilogue\r\n";
 
@@ -485,6 +523,44 @@ mod tests {
             apply(&v, &[Mutation::RemovePart(9)]).unwrap_err(),
             MutationError::NoSuchPart(9)
         );
+    }
+
+    #[test]
+    fn one_field_is_removed_by_position_and_folded_values_are_kept() {
+        let v = view(
+            b"Authentication-Results: a; spf=pass\r\nX: 1\r\nauthentication-results: mx.test;\r\n dkim=pass\r\nAuthentication-Results: c; none\r\n\r\nbody\r\n",
+        );
+        let out = apply(
+            &v,
+            &[
+                // Added first: positions still name the fields as received.
+                Mutation::AddHeader(header("Authentication-Results", "mx.test;\r\n\tspf=none")),
+                Mutation::RemoveHeaderAt(HeaderAt {
+                    name: "Authentication-Results".into(),
+                    index: 1,
+                }),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out.message.unwrap()).unwrap(),
+            "Authentication-Results: mx.test;\r\n\tspf=none\r\nAuthentication-Results: a; spf=pass\r\nX: 1\r\nAuthentication-Results: c; none\r\n\r\nbody\r\n"
+        );
+        let missing = HeaderAt {
+            name: "X".into(),
+            index: 1,
+        };
+        assert!(matches!(
+            apply(&v, &[Mutation::RemoveHeaderAt(missing)]),
+            Err(MutationError::NoSuchHeader(_))
+        ));
+        // Folding must be folding: no bare line break, no empty line.
+        for bad in ["a\r\nBcc: x", "a\r\n \r\n b", "a\nb"] {
+            assert!(
+                apply(&v, &[Mutation::AddHeader(header("X-A", bad))]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

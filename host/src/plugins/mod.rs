@@ -250,7 +250,14 @@ impl Generation {
 
     /// Runs the chain of `listener` for `args`: the first plugin with an
     /// opinion decides; mutations are collected from every plugin that ran.
-    pub async fn run(&self, listener: &str, args: HookArgs) -> ChainResult {
+    /// `auth` is the receiving transaction's authentication checks, if
+    /// any (see [`Plugin::call`]).
+    pub async fn run(
+        &self,
+        listener: &str,
+        args: HookArgs,
+        auth: Option<&Arc<crate::auth::Transaction>>,
+    ) -> ChainResult {
         let hook = args.hook();
         let mut mutations = Vec::new();
         for link in self.chain(listener, hook) {
@@ -258,7 +265,7 @@ impl Generation {
             if !plugin.hooks.contains(&hook) {
                 continue;
             }
-            let decision = match plugin.call(&args).await {
+            let decision = match plugin.call(&args, auth).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), error = %e, "plugin failed; on_error applies");
@@ -702,9 +709,23 @@ impl Plugin {
             config: self.config.clone(),
             grants: self.grants.clone(),
             services: self.services.clone(),
+            auth: None,
+            waited: Duration::ZERO,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
+        // The deadline is for the plugin's own work: time its host calls
+        // spent waiting (DNS, authentication checks) is given back once,
+        // when the deadline comes; a plugin that is itself slow is stopped.
+        store.epoch_deadline_callback(|mut ctx| {
+            let waited = std::mem::take(&mut ctx.data_mut().waited);
+            let credit = waited.as_millis().div_ceil(TICK.as_millis()) as u64;
+            Ok(if credit > 0 {
+                wasmtime::UpdateDeadline::Continue(credit)
+            } else {
+                wasmtime::UpdateDeadline::Interrupt
+            })
+        });
         store.set_epoch_deadline(ticks(self.settings.data_deadline));
         let instance = self
             .pre
@@ -731,7 +752,13 @@ impl Plugin {
 
     /// Calls the hook of `args` on a pooled (or new) instance under the
     /// deadline; an instance that failed is dropped, not returned.
-    pub async fn call(&self, args: &HookArgs) -> Result<Decision, String> {
+    /// `auth` is the transaction whose authentication results the plugin
+    /// may ask for (none outside a receiving transaction).
+    pub async fn call(
+        &self,
+        args: &HookArgs,
+        auth: Option<&Arc<crate::auth::Transaction>>,
+    ) -> Result<Decision, String> {
         let started = Instant::now();
         let ready = self.pool.lock().expect("pool poisoned").pop();
         let mut ready = match ready {
@@ -743,7 +770,12 @@ impl Plugin {
             _ => self.settings.deadline,
         };
         ready.store.set_epoch_deadline(ticks(deadline));
+        let data = ready.store.data_mut();
+        data.auth = auth.cloned();
+        data.waited = Duration::ZERO;
         let result = call_export(&ready.instance, &mut ready.store, args).await;
+        // A pooled instance must not keep the transaction alive.
+        ready.store.data_mut().auth = None;
         match result {
             Ok(decision) => {
                 self.stats

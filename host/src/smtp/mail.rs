@@ -66,6 +66,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let id = self.ctx.spool.next_id();
         tracing::debug!(peer = %self.peer, queue_id = %id, sender = %from.address, "MAIL");
+        let auth = self.ctx.auth.as_ref().map(|a| {
+            a.transaction(
+                self.peer.ip(),
+                self.helo.as_deref().unwrap_or_default(),
+                &from.address,
+            )
+        });
         self.txn = Some(Transaction {
             id,
             sender: from.address,
@@ -75,6 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body,
             smtputf8,
             chunks: None,
+            auth,
         });
         if let Some(step) = self.run_chain(crate::plugins::Hook::MailFrom, None).await {
             // Refused: no transaction is open.

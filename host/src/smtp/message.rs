@@ -246,7 +246,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             recipients: txn.recipients.iter().map(|r| r.address.clone()).collect(),
         };
         let args = HookArgs::Data(self.plugin_connection(), env, view.clone());
-        let result = self.plugins.run(&self.ctx.config.name, args).await;
+        if let Some(auth) = &txn.auth {
+            auth.set_message(view.raw().clone());
+        }
+        let result = self
+            .plugins
+            .run(&self.ctx.config.name, args, txn.auth.as_ref())
+            .await;
         let id = txn.id;
         match result.outcome {
             Outcome::Continue => {}

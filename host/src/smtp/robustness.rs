@@ -109,6 +109,7 @@ async fn random_input_never_breaks_the_session() {
         spool,
         queue: QueueHandle::detached(),
         plugins: None,
+        auth: None,
     });
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -30,6 +30,8 @@ pub struct ListenerContext {
     pub queue: QueueHandle,
     /// The plugin runtime (`None` in tests of the SMTP side alone).
     pub plugins: Option<Arc<crate::plugins::Runtime>>,
+    /// Email authentication checks, for the plugins that ask.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
@@ -44,6 +46,8 @@ pub(super) struct Transaction {
     pub smtputf8: bool,
     /// Message bytes received so far through BDAT.
     pub chunks: Option<Vec<u8>>,
+    /// This transaction's authentication checks (run when first asked).
+    pub auth: Option<Arc<crate::auth::Transaction>>,
 }
 
 /// How a session ended.
@@ -386,7 +390,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ),
             _ => return None,
         };
-        Some(self.plugins.run(listener, args).await.outcome)
+        let auth = self.txn.as_ref().and_then(|t| t.auth.as_ref());
+        Some(self.plugins.run(listener, args, auth).await.outcome)
     }
 
     /// Runs the chain for a command's hook; `None` means go on, `Some` is
