@@ -153,6 +153,10 @@ pub struct PluginSettings {
     /// Deadline of a call at data, pre-delivery and delivery-result.
     #[serde(with = "humantime_serde")]
     pub data_deadline: Duration,
+    /// Time one call may spend waiting in the gateway's imports (DNS,
+    /// state, authentication checks) on top of its deadline.
+    #[serde(with = "humantime_serde")]
+    pub wait_limit: Duration,
     /// Memory one instance may use.
     pub memory_limit: ByteSize,
     /// Ready instances kept for reuse.
@@ -167,6 +171,7 @@ impl Default for PluginSettings {
             grants: Vec::new(),
             deadline: Duration::from_millis(100),
             data_deadline: Duration::from_secs(1),
+            wait_limit: Duration::from_secs(30),
             memory_limit: ByteSize::mib(64),
             instances: 16,
             config: toml::Table::new(),

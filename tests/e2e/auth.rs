@@ -308,7 +308,41 @@ fn bad_signatures_records_and_dns_failures_are_errors_not_crashes() {
         let r = send(&gw, "a@bad.test", &message("a@bad.test", subject, header));
         assert_eq!(r.0, 250, "{subject}: {r:?}");
     }
-    let got = sink.wait_for(cases.len());
+    // A flood of signatures, broken and with long domains, beside a forged
+    // Authentication-Results of ours: at most 5 are checked, the results
+    // fit in a field, and the forged one still goes.
+    let long = format!("{0}.{0}.{0}.bad.test", "x".repeat(60));
+    let mut flood =
+        String::from("Authentication-Results: mx.test; dkim=pass header.d=bank.test\r\n");
+    for i in 0..40 {
+        flood.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d={long}; s=s{i};\r\n h=From; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=AAAA\r\n"
+        ));
+        flood.push_str("DKIM-Signature: v=1; a=rsa-sha256; d=bad.test; this is not a tag list\r\n");
+    }
+    let r = send(&gw, "a@bad.test", &message("a@bad.test", "flood", &flood));
+    assert_eq!(r.0, 250, "flood: {r:?}");
+    let got = sink.wait_for(cases.len() + 1);
+    let flooded = delivered(&got, "flood");
+    let ar = our_results(flooded);
+    // mail-auth drops the 40 it cannot parse: one permerror says so.
+    assert!(
+        ar.contains("dkim=policy (35 more DKIM-Signature fields not checked: at most 5 are)"),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("dkim=permerror (40 malformed DKIM-Signature fields)"),
+        "{ar}"
+    );
+    assert_eq!(ar.matches("dkim=").count(), 7, "{ar}");
+    let all = header_values(&flooded.data, "Authentication-Results");
+    assert!(
+        !all.iter().any(|v| v.contains("bank.test")),
+        "the forged results claiming our name are gone: {all:?}"
+    );
+    let text = String::from_utf8_lossy(&flooded.data);
+    let head = text.split("\r\n\r\n").next().unwrap();
+    assert!(head.split("\r\n").all(|l| l.len() <= 998), "{head}");
     for (subject, _, expect) in &cases {
         let ar = our_results(delivered(&got, subject));
         assert!(ar.contains(expect), "{subject}: {ar}");

@@ -222,7 +222,9 @@ fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
     let mut c = Client::connect(gw.addr("in"));
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<a@sender.test>", 250);
-    for fault in ["loop", "alloc", "trap"] {
+    // `lookups` loops over an import that answers at once (DNS without
+    // the grant): that is the plugin's own time, and its deadline stops it.
+    for fault in ["loop", "alloc", "trap", "lookups"] {
         let r = c.expect(&format!("RCPT TO:<{fault}@example.org>"), 451);
         assert_eq!(r.enhanced(), "4.3.0", "{fault}: {r:?}");
     }
@@ -235,7 +237,7 @@ fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
     let log = gw.log();
     assert_eq!(
         log.matches("plugin failed; on_error applies").count(),
-        3,
+        4,
         "{log}"
     );
     assert!(
@@ -256,6 +258,39 @@ fn a_plugin_that_loops_allocates_or_traps_never_takes_the_gateway_down() {
     c.expect("RCPT TO:<trap@example.org>", 250);
     c.expect("RCPT TO:<loop@example.org>", 250);
     c.expect("RCPT TO:<no@example.org>", 550);
+}
+
+#[test]
+fn waiting_on_imports_is_credited_only_up_to_wait_limit() {
+    // `slow.test` never answers: each lookup of the plugin's endless loop
+    // really waits, which is credited to its deadline, but only up to the
+    // plugin's wait_limit; then the call is stopped.
+    let mut records = crate::dns::Records::new();
+    records.timeout("slow.test");
+    let dns = crate::dns::TestDns::serve(records);
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(
+        plugins.path().join("faults.wasm"),
+        wasm("weir-plugin-test-faults"),
+    )
+    .unwrap();
+    let gw = Gateway::start(&format!(
+        "{}[plugins]\ndir = \"{}\"\n[plugins.settings.faults]\ngrants = [\"dns\"]\nwait_limit = \"700ms\"\n{}",
+        dns.config(),
+        plugins.path().display(),
+        listener("in", "chains = { rcpt = [\"faults\"] }")
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@sender.test>", 250);
+    let r = c.expect("RCPT TO:<lookups@example.org>", 451);
+    assert_eq!(r.enhanced(), "4.3.0", "{r:?}");
+    c.expect("RCPT TO:<fine@example.org>", 250);
+    let log = gw.log();
+    assert!(
+        log.contains("longer than its wait_limit of 700ms"),
+        "the log says why: {log}"
+    );
 }
 
 #[test]

@@ -35,21 +35,40 @@ impl Policy {
     }
 }
 
-/// The `pct` of the DMARC record that governs `domain`: the record at
-/// `_dmarc.domain`, else at each parent (the same walk that found the
-/// policy, answered from the resolver's cache). 100 when none says
+/// The `pct` of the DMARC record that governs `domain`, chosen as
+/// mail-auth 0.13 chooses the record whose policy it applies (RFC 9989
+/// 4.10): the domain's own record; else, walking up to the top-level
+/// domain, the first record tagged `psd=n` or `psd=y`, or the last one
+/// found (the organizational domain's). Answered from the resolver's
+/// cache, which the policy lookup just filled. 100 when no record says
 /// otherwise or the value is not a number from 0 to 100.
 pub async fn pct(resolver: &TokioResolver, domain: &str) -> u8 {
-    let mut name = domain.trim_end_matches('.');
-    loop {
+    let domain = domain.trim_end_matches('.');
+    if let Some(record) = record_at(resolver, domain).await {
+        return parse_pct(&record);
+    }
+    let mut chosen = None;
+    let mut name = domain;
+    while let Some((_, parent)) = name.split_once('.') {
+        name = parent;
         if let Some(record) = record_at(resolver, name).await {
-            return parse_pct(&record);
-        }
-        match name.split_once('.') {
-            Some((_, parent)) if parent.contains('.') => name = parent,
-            _ => return 100,
+            let psd = tag(&record, "psd").is_some_and(|v| v == "y" || v == "n");
+            chosen = Some(record);
+            if psd {
+                break;
+            }
         }
     }
+    chosen.map_or(100, |r| parse_pct(&r))
+}
+
+/// The value of tag `name` in a DMARC record, lower case.
+fn tag(record: &str, name: &str) -> Option<String> {
+    record
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
 }
 
 async fn record_at(resolver: &TokioResolver, domain: &str) -> Option<String> {
@@ -75,11 +94,8 @@ async fn record_at(resolver: &TokioResolver, domain: &str) -> Option<String> {
 
 /// The `pct=` tag of a record's text (RFC 7489 6.3).
 pub fn parse_pct(record: &str) -> u8 {
-    record
-        .split(';')
-        .filter_map(|tag| tag.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
-        .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+    tag(record, "pct")
+        .and_then(|v| v.parse::<u8>().ok())
         .filter(|p| *p <= 100)
         .unwrap_or(100)
 }

@@ -193,12 +193,33 @@ impl Transaction {
         let iprev = results
             .pop()
             .expect("the envelope's results end with iprev");
-        let Some(message) = AuthenticatedMessage::parse(&raw) else {
+        let Some(mut message) = AuthenticatedMessage::parse(&raw) else {
             tracing::info!(ip = %self.ip, "message without a header section: no DKIM, ARC or DMARC");
             results.push(AuthResult::new(Method::Dkim, Outcome::None));
             results.push(iprev);
             return results;
         };
+        // Each signature may cost a key lookup and an RSA verification:
+        // only the first MAX_DKIM_SIGNATURES are checked (valid ones
+        // first), as OpenDKIM's MaximumSignaturesToVerify does.
+        // (mail-auth reports these signatures as neutral.)
+        let is_dkim_error = |e: &mail_auth::Error| matches!(e, mail_auth::Error::Dkim(_));
+        let signed = message.dkim_headers.len();
+        let broken = message
+            .errors
+            .iter()
+            .filter(|e| is_dkim_error(&e.header))
+            .count();
+        message.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+        let mut room = MAX_DKIM_SIGNATURES - message.dkim_headers.len();
+        message.errors.retain(|e| {
+            if !is_dkim_error(&e.header) {
+                return true;
+            }
+            let keep = room > 0;
+            room = room.saturating_sub(1);
+            keep
+        });
         let (dkim, arc) = tokio::join!(auth.verify_dkim(&message), auth.verify_arc(&message));
         if dkim.is_empty() {
             results.push(AuthResult::new(Method::Dkim, Outcome::None));
@@ -206,14 +227,25 @@ impl Transaction {
         for d in &dkim {
             results.push(dkim_result(d.result(), d.signature()));
         }
-        // mail-auth drops a DKIM-Signature it cannot parse at all; RFC
-        // 6376 6.1.1 makes it a permanent failure, which is said here.
-        let fields = count_fields(&raw, "dkim-signature");
-        for _ in dkim.len()..fields {
+        let skipped = (signed + broken).saturating_sub(dkim.len());
+        if skipped > 0 {
             results.push(
-                AuthResult::new(Method::Dkim, Outcome::PermError)
-                    .reason("malformed DKIM-Signature field"),
+                AuthResult::new(Method::Dkim, Outcome::Policy).reason(format!(
+                    "{skipped} more DKIM-Signature fields not checked: at most {MAX_DKIM_SIGNATURES} are"
+                )),
             );
+        }
+        // mail-auth drops a DKIM-Signature it cannot parse at all; RFC
+        // 6376 6.1.1 makes it a permanent failure, which is said here
+        // (once, however many there are).
+        let dropped = count_fields(&raw, "dkim-signature").saturating_sub(signed + broken);
+        if dropped > 0 {
+            let reason = if dropped == 1 {
+                "malformed DKIM-Signature field".to_string()
+            } else {
+                format!("{dropped} malformed DKIM-Signature fields")
+            };
+            results.push(AuthResult::new(Method::Dkim, Outcome::PermError).reason(reason));
         }
         results.push(arc_result(arc.result(), arc.sets(), self.ip));
         // DMARC takes SPF's result for the MAIL FROM identity as mail-auth
@@ -297,6 +329,9 @@ impl Transaction {
 }
 
 /// How many fields named `name` (lower case) the header section holds.
+/// The most DKIM signatures of one message that are checked.
+const MAX_DKIM_SIGNATURES: usize = 5;
+
 fn count_fields(raw: &[u8], name: &str) -> usize {
     let head = match memchr::memmem::find(raw, b"\r\n\r\n") {
         Some(end) => &raw[..end],

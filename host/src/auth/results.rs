@@ -141,7 +141,7 @@ pub fn header_value(authserv_id: &str, results: &[AuthResult]) -> String {
         let _ = write!(out, ";\r\n\t{}={}", r.method.as_str(), r.outcome.as_str());
         if !r.reason.is_empty() {
             out.push_str(" (");
-            for c in r.reason.chars() {
+            for c in clip(&r.reason, MAX_REASON).chars() {
                 match c {
                     '(' | ')' | '\\' => {
                         out.push('\\');
@@ -154,11 +154,34 @@ pub fn header_value(authserv_id: &str, results: &[AuthResult]) -> String {
             out.push(')');
         }
         for p in &r.properties {
-            let _ = write!(out, " {}=", p.name);
-            push_pvalue(&mut out, &p.value);
+            let mut prop = format!("{}=", p.name);
+            push_pvalue(&mut prop, &clip(&p.value, MAX_VALUE));
+            // Lines stay well within RFC 5322's 998 characters, whatever
+            // a signature or a record put in the values.
+            let line = out.len() - out.rfind('\n').map_or(0, |i| i + 1);
+            out.push_str(if line + prop.len() > 160 {
+                "\r\n\t "
+            } else {
+                " "
+            });
+            out.push_str(&prop);
         }
     }
     out
+}
+
+/// The longest reason (in characters) the field gives before cutting it.
+const MAX_REASON: usize = 200;
+/// The longest property value (in characters): a domain name's 253 and
+/// an address's 320 fit; longer ones come only from broken input.
+const MAX_VALUE: usize = 320;
+
+/// `text`, cut to `max` characters with "..." when it is longer.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}...", &text[..end]).into(),
+    }
 }
 
 /// A pvalue (RFC 8601 2.2): bare when it is a token or an address made of
@@ -212,5 +235,20 @@ mod tests {
             "mx.test;\r\n\tspf=pass (mx.test: domain of a@example.org designates 192.0.2.1 as permitted sender) smtp.mailfrom=a@example.org;\r\n\tdkim=neutral (body hash did not verify \\(x\\)) header.d=example.org header.s=s1;\r\n\tspf=none smtp.mailfrom=\"<>\""
         );
         assert_eq!(header_value("mx.test", &[]), "mx.test; none");
+    }
+
+    #[test]
+    fn long_reasons_and_values_are_cut_and_lines_stay_short() {
+        let result = AuthResult::new(Method::Dkim, Outcome::PermError)
+            .reason("(".repeat(1000))
+            .property("header.d", "d".repeat(2000))
+            .property("header.s", "\"".repeat(2000))
+            .property("header.i", "@".repeat(2000));
+        let value = header_value("mx.test", &vec![result; 20]);
+        for line in value.split("\r\n") {
+            assert!(line.len() < 998 - 40, "{} long: {line}", line.len());
+        }
+        assert!(value.contains(&format!("header.d={}...", "d".repeat(320))));
+        assert!(value.contains(&format!("({}...)", "\\(".repeat(200))));
     }
 }

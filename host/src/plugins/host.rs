@@ -63,10 +63,55 @@ pub struct HostState {
     pub(super) services: Arc<Services>,
     /// The current call's transaction, for `auth-results`.
     pub(super) auth: Option<Arc<crate::auth::Transaction>>,
-    /// Time the current call spent waiting in host imports (DNS, state,
-    /// authentication): credited back to its deadline, which measures the
-    /// plugin's own time.
-    pub(super) waited: Duration,
+    /// The current call's clock: its deadline measures the plugin's own
+    /// time, not the time it spent waiting in host imports.
+    pub(super) clock: CallClock,
+}
+
+/// One call's deadline, kept so the epoch callback can tell the plugin's
+/// own time from time spent waiting in host imports (DNS, state,
+/// authentication checks).
+///
+/// Everything is measured from the call's start, so a plugin cannot earn
+/// credit twice for the same wait, and the waits themselves are capped:
+/// a call lasts at most `deadline + wait_limit` of wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct CallClock {
+    /// When the call started.
+    pub started: Instant,
+    /// The plugin's own time allowed.
+    pub deadline: Duration,
+    /// Waiting in host imports allowed on top.
+    pub wait_limit: Duration,
+    /// Time spent in host imports so far.
+    pub waited: Duration,
+}
+
+impl CallClock {
+    /// A clock for a call starting now.
+    pub fn start(deadline: Duration, wait_limit: Duration) -> CallClock {
+        CallClock {
+            started: Instant::now(),
+            deadline,
+            wait_limit,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The plugin's own time left, or `None` once it has run out (or the
+    /// call has waited longer than it may).
+    pub fn left(&self) -> Option<Duration> {
+        if self.waited > self.wait_limit {
+            return None;
+        }
+        let own = self.started.elapsed().saturating_sub(self.waited);
+        self.deadline.checked_sub(own).filter(|d| !d.is_zero())
+    }
+
+    /// The most wall-clock time the call may take.
+    pub fn wall_limit(&self) -> Duration {
+        self.deadline + self.wait_limit
+    }
 }
 
 impl HostState {
@@ -159,11 +204,23 @@ fn name(text: &str) -> Option<Name> {
 }
 
 impl HostState {
-    /// Runs `work` (a host import that waits), counting the wait.
+    /// Runs `work` (a host import that may wait), counting the time as
+    /// waiting only if it really waited (was pending at least once): an
+    /// import answered at once (denied, cached) is the plugin's own time,
+    /// or a loop over it would never reach its deadline.
     async fn waiting<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
         let started = Instant::now();
-        let out = work.await;
-        self.waited += started.elapsed();
+        let mut work = std::pin::pin!(work);
+        let mut waited = false;
+        let out = std::future::poll_fn(|cx| {
+            let poll = work.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        if waited {
+            self.clock.waited += started.elapsed();
+        }
         out
     }
 }

@@ -219,8 +219,57 @@ pub enum MutationError {
     NoSuchHeader(String),
 }
 
+/// Mutations sorted by what they touch, checked except for the header
+/// edits (checked when the header section is rewritten).
+struct Plan {
+    out: Edited,
+    /// Byte ranges of the message to replace, in order, not overlapping.
+    splices: Vec<(usize, usize, Vec<u8>)>,
+    header_edits: Vec<Mutation>,
+}
+
+/// Whether `mutations` would apply to the message of `view`, without
+/// building the changed message (only its header section is copied).
+/// The chain runs it on each plugin's changes, so one plugin's mistake
+/// costs only its own changes.
+pub fn check(view: &MessageView, mutations: &[Mutation]) -> Result<(), MutationError> {
+    let plan = plan(view, mutations)?;
+    if !plan.header_edits.is_empty() {
+        let raw = view.raw().as_slice();
+        edit_headers(&raw[..body_start(raw)], &plan.header_edits)?;
+    }
+    Ok(())
+}
+
 /// Applies `mutations` (in chain order) to the message of `view`.
 pub fn apply(view: &MessageView, mutations: &[Mutation]) -> Result<Edited, MutationError> {
+    let Plan {
+        mut out,
+        splices,
+        header_edits,
+    } = plan(view, mutations)?;
+    let raw = view.raw().as_slice();
+    let mut message: Option<Vec<u8>> = None;
+    if !splices.is_empty() {
+        let mut new = Vec::with_capacity(raw.len());
+        let mut at = 0;
+        for (start, end, bytes) in &splices {
+            new.extend_from_slice(&raw[at..*start]);
+            new.extend_from_slice(bytes);
+            at = *end;
+        }
+        new.extend_from_slice(&raw[at..]);
+        message = Some(new);
+    }
+    if !header_edits.is_empty() {
+        let base = message.as_deref().unwrap_or(raw);
+        message = Some(edit_headers(base, &header_edits)?);
+    }
+    out.message = message;
+    Ok(out)
+}
+
+fn plan(view: &MessageView, mutations: &[Mutation]) -> Result<Plan, MutationError> {
     let mut out = Edited::default();
     let mut splices: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let mut header_edits: Vec<Mutation> = Vec::new();
@@ -296,28 +345,15 @@ pub fn apply(view: &MessageView, mutations: &[Mutation]) -> Result<Edited, Mutat
             }
         }
     }
-    let mut message: Option<Vec<u8>> = None;
-    if !splices.is_empty() {
-        splices.sort_by_key(|s| s.0);
-        if splices.windows(2).any(|w| w[0].1 > w[1].0) {
-            return Err(MutationError::Overlap);
-        }
-        let mut new = Vec::with_capacity(raw.len());
-        let mut at = 0;
-        for (start, end, bytes) in &splices {
-            new.extend_from_slice(&raw[at..*start]);
-            new.extend_from_slice(bytes);
-            at = *end;
-        }
-        new.extend_from_slice(&raw[at..]);
-        message = Some(new);
+    splices.sort_by_key(|s| s.0);
+    if splices.windows(2).any(|w| w[0].1 > w[1].0) {
+        return Err(MutationError::Overlap);
     }
-    if !header_edits.is_empty() {
-        let base = message.as_deref().unwrap_or(raw);
-        message = Some(edit_headers(base, &header_edits)?);
-    }
-    out.message = message;
-    Ok(out)
+    Ok(Plan {
+        out,
+        splices,
+        header_edits,
+    })
 }
 
 /// Where the body starts: after the blank line ending the header section.
@@ -353,10 +389,22 @@ fn edit_headers(raw: &[u8], edits: &[Mutation]) -> Result<Vec<u8>, MutationError
         }
     }
     let field = |h: &Header| -> Result<Vec<u8>, MutationError> {
-        if !is_field_name(&h.name) || !is_field_value(&h.value) {
-            return Err(MutationError::BadHeader(format!("{}: {}", h.name, h.value)));
+        let bytes = format!("{}: {}\r\n", h.name, h.value).into_bytes();
+        // RFC 5322 2.1.1: no line longer than 998 characters.
+        let lines_fit = bytes.split(|&b| b == b'\n').all(|l| l.len() <= 999);
+        if !is_field_name(&h.name) || !is_field_value(&h.value) || !lines_fit {
+            let mut shown = format!("{}: {}", h.name, h.value);
+            if shown.len() > 200 {
+                let mut end = 200;
+                while !shown.is_char_boundary(end) {
+                    end -= 1;
+                }
+                shown.truncate(end);
+                shown.push_str("...");
+            }
+            return Err(MutationError::BadHeader(shown));
         }
-        Ok(format!("{}: {}\r\n", h.name, h.value).into_bytes())
+        Ok(bytes)
     };
     // Removals by position name fields of the message as the chain saw
     // it, so they go first, before any edit shifts the positions.
@@ -415,11 +463,15 @@ fn is_field_name(name: &str) -> bool {
         && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
+/// The longest header field value a mutation may write (folded: each
+/// line also within RFC 5322's 998 characters).
+const MAX_FIELD_VALUE: usize = 32 * 1024;
+
 /// A value fit for a header field: no control characters but tab, and
 /// line breaks only as folding (CRLF then a space or tab, and more than
 /// white space on the line).
 fn is_field_value(value: &str) -> bool {
-    value.len() <= 4096
+    value.len() <= MAX_FIELD_VALUE
         && value.split("\r\n").enumerate().all(|(i, line)| {
             let folded = i == 0
                 || (line.starts_with([' ', '\t']) && !line.trim_matches([' ', '\t']).is_empty());
@@ -635,6 +687,33 @@ mod tests {
             .unwrap_err(),
             MutationError::Overlap
         );
+    }
+
+    #[test]
+    fn check_refuses_what_apply_refuses_and_long_lines() {
+        let v = view(MULTIPART);
+        let good = [
+            Mutation::AddHeader(header("X-Ok", &format!("a\r\n\t{}", "b".repeat(900)))),
+            Mutation::RemovePart(2),
+        ];
+        assert_eq!(check(&v, &good), Ok(()));
+        assert!(apply(&v, &good).is_ok());
+        for bad in [
+            vec![Mutation::AddHeader(header("X-Long", &"b".repeat(1000)))],
+            vec![Mutation::AddHeader(header("X-Bad", "a\r\nBcc: x"))],
+            vec![Mutation::RemovePart(99)],
+            vec![Mutation::RemoveHeaderAt(HeaderAt {
+                name: "X-None".into(),
+                index: 0,
+            })],
+            vec![
+                Mutation::ReplaceBody(b"x".to_vec()),
+                Mutation::RemovePart(2),
+            ],
+        ] {
+            assert!(check(&v, &bad).is_err(), "{bad:?}");
+            assert_eq!(check(&v, &bad).err(), apply(&v, &bad).err(), "{bad:?}");
+        }
     }
 
     #[test]

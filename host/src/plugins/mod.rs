@@ -145,6 +145,14 @@ impl HookArgs {
             HookArgs::DeliveryResult(..) => Hook::DeliveryResult,
         }
     }
+
+    /// The message, at the hooks that have one.
+    pub fn message(&self) -> Option<&Arc<MessageView>> {
+        match self {
+            HookArgs::Data(_, _, m) | HookArgs::PreDelivery(_, _, m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 fn hook_index(hook: Hook) -> usize {
@@ -288,7 +296,18 @@ impl Generation {
                 .mutations
                 .iter()
                 .any(|m| !matches!(m, Mutation::Tag(_) | Mutation::AddScore(_)));
-            if changes_message && !plugin.grants.contains(&Grant::Modify) {
+            let may_modify = plugin.grants.contains(&Grant::Modify);
+            // Each plugin's changes apply all or none, on their own: one
+            // plugin's bad header must not cost another's changes.
+            let unfit = match args.message() {
+                Some(view) if changes_message && may_modify => {
+                    message::check(view, &decision.mutations).err()
+                }
+                _ => None,
+            };
+            if let Some(e) = unfit {
+                tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), error = %e, "plugin's changes not applied (all or none)");
+            } else if changes_message && !may_modify {
                 tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), "plugin asked for changes without the `modify` grant; ignored");
                 mutations.extend(
                     decision
@@ -602,9 +621,11 @@ impl Runtime {
             },
             InitError::Trap(e) => invalid(format!("{e:#}")),
         })?;
-        ready
-            .store
-            .set_epoch_deadline(ticks(plugin.settings.deadline));
+        arm(
+            &mut ready.store,
+            plugin.settings.deadline,
+            plugin.settings.wait_limit,
+        );
         plugin.hooks = ready
             .instance
             .call_hooks(&mut ready.store)
@@ -692,6 +713,14 @@ impl std::fmt::Display for InitError {
     }
 }
 
+/// Starts a call's clock: `deadline` of the plugin's own time, plus up to
+/// `wait_limit` waiting in host imports.
+fn arm(store: &mut Store<HostState>, deadline: Duration, wait_limit: Duration) {
+    store.data_mut().clock = host::CallClock::start(deadline, wait_limit);
+    store.set_epoch_deadline(ticks(deadline));
+}
+
+/// Epoch ticks in `d`, rounded down (at least one).
 fn ticks(d: Duration) -> u64 {
     (d.as_millis() / TICK.as_millis()).max(1) as u64
 }
@@ -710,23 +739,25 @@ impl Plugin {
             grants: self.grants.clone(),
             services: self.services.clone(),
             auth: None,
-            waited: Duration::ZERO,
+            clock: host::CallClock::start(self.settings.data_deadline, self.settings.wait_limit),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
-        // The deadline is for the plugin's own work: time its host calls
-        // spent waiting (DNS, authentication checks) is given back once,
-        // when the deadline comes; a plugin that is itself slow is stopped.
-        store.epoch_deadline_callback(|mut ctx| {
-            let waited = std::mem::take(&mut ctx.data_mut().waited);
-            let credit = waited.as_millis().div_ceil(TICK.as_millis()) as u64;
-            Ok(if credit > 0 {
-                wasmtime::UpdateDeadline::Continue(credit)
-            } else {
-                wasmtime::UpdateDeadline::Interrupt
+        // The deadline is for the plugin's own work: when it comes, the
+        // time the call spent waiting in host imports (DNS, authentication
+        // checks) is taken off, up to `wait_limit`, and the plugin runs on
+        // for what is left of its own time, if anything.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().clock.left() {
+                Some(left) => wasmtime::UpdateDeadline::Continue(ticks(left)),
+                None => wasmtime::UpdateDeadline::Interrupt,
             })
         });
-        store.set_epoch_deadline(ticks(self.settings.data_deadline));
+        arm(
+            &mut store,
+            self.settings.data_deadline,
+            self.settings.wait_limit,
+        );
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -769,11 +800,16 @@ impl Plugin {
             Hook::Data | Hook::PreDelivery | Hook::DeliveryResult => self.settings.data_deadline,
             _ => self.settings.deadline,
         };
-        ready.store.set_epoch_deadline(ticks(deadline));
-        let data = ready.store.data_mut();
-        data.auth = auth.cloned();
-        data.waited = Duration::ZERO;
-        let result = call_export(&ready.instance, &mut ready.store, args).await;
+        arm(&mut ready.store, deadline, self.settings.wait_limit);
+        ready.store.data_mut().auth = auth.cloned();
+        // The epoch deadline stops a plugin that computes too long; this
+        // stops one whose host imports keep it waiting (each wait is
+        // credited, so only the total is bounded).
+        let wall = ready.store.data().clock.wall_limit() + 2 * TICK;
+        let result =
+            tokio::time::timeout(wall, call_export(&ready.instance, &mut ready.store, args))
+                .await
+                .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
         // A pooled instance must not keep the transaction alive.
         ready.store.data_mut().auth = None;
         match result {
@@ -795,7 +831,16 @@ impl Plugin {
                     stats::Ended::Trap
                 };
                 self.stats.record(ended, started.elapsed());
-                if timeout {
+                let clock = ready.store.data().clock;
+                if timeout
+                    && (clock.waited > clock.wait_limit
+                        || clock.started.elapsed() >= clock.wall_limit())
+                {
+                    Err(format!(
+                        "waited on the gateway's imports (DNS, state, authentication) longer than its wait_limit of {:?}",
+                        clock.wait_limit
+                    ))
+                } else if timeout {
                     Err(format!("deadline of {deadline:?} passed"))
                 } else {
                     Err(format!("{e:#}"))

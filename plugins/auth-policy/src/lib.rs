@@ -6,7 +6,7 @@
 //!
 //! - removes any incoming Authentication-Results field that claims the
 //!   gateway's authserv-id (RFC 8601 5: a forged one could vouch for a
-//!   message), and adds one with this gateway's results;
+//!   message), and adds one with this gateway's results (`add_header`);
 //! - DMARC fail (neither SPF nor DKIM passed aligned with the From
 //!   domain): with the domain's policy `reject`, refuses with 550 5.7.1
 //!   naming the reason; with `quarantine`, quarantines; each configurable;
@@ -14,9 +14,10 @@
 //!   unless DMARC passed (DKIM aligned vouches for the message, e.g. one
 //!   sent through a forwarder); softfail and errors are tagged;
 //! - a forwarder on `trusted_arc_sealers` whose ARC chain passes, and whose
-//!   own results (its newest ARC-Authentication-Results) say SPF, DKIM or
-//!   DMARC passed, is believed: mail it forwards is not refused for the
-//!   SPF or DMARC failures forwarding causes.
+//!   own results (its newest ARC-Authentication-Results) say DMARC passed
+//!   for the From domain, or DKIM or SPF passed for a domain aligned with
+//!   it, is believed: mail it forwards is not refused for the SPF or DMARC
+//!   failures forwarding causes.
 //!
 //! With `spf_stage = "mail_from"` an SPF fail is refused at MAIL FROM
 //! instead (as Postfix's policyd-spf does): earlier, but blind to DKIM and
@@ -32,7 +33,7 @@
 //! dmarc_quarantine = "quarantine"
 //! dmarc_temperror = "tag"       # tempfail | tag | none
 //! trusted_arc_sealers = []      # e.g. ["lists.example.org"]
-//! add_header = true             # Authentication-Results
+//! add_header = true             # add ours (forged ones always go)
 //! ```
 
 use std::sync::OnceLock;
@@ -169,16 +170,18 @@ impl Plugin for AuthPolicy {
         let c = cfg();
         let results = auth_results::results();
         let mut mutations = Vec::new();
-        if c.add_header {
-            let ours = auth_results::authserv_id();
-            for (i, value) in msg.header("Authentication-Results").iter().enumerate() {
-                if authserv_id_of(value) == ours {
-                    mutations.push(Mutation::remove_header_at(
-                        "Authentication-Results",
-                        i as u32,
-                    ));
-                }
+        // A field claiming our name was not written by us (RFC 8601 5):
+        // it goes, whether or not ours is added.
+        let ours = auth_results::authserv_id().to_ascii_lowercase();
+        for (i, value) in msg.header("Authentication-Results").iter().enumerate() {
+            if authserv_id_of(value) == ours {
+                mutations.push(Mutation::remove_header_at(
+                    "Authentication-Results",
+                    i as u32,
+                ));
             }
+        }
+        if c.add_header {
             mutations.push(Mutation::add_header(
                 "Authentication-Results",
                 &auth_results::header_value(),
@@ -335,8 +338,10 @@ pub fn decide(c: &Config, results: &[AuthResult], aar: &[String]) -> Decided {
     Decided { verdict, tags }
 }
 
-/// The sealer of a passing ARC chain that the configuration trusts and
-/// whose newest ARC-Authentication-Results say SPF, DKIM or DMARC passed.
+/// The sealer of a passing ARC chain that the configuration trusts, when
+/// its newest ARC-Authentication-Results say the message passed DMARC for
+/// its From domain, or passed DKIM or SPF for a domain aligned with it
+/// (RFC 7489 3.1): what DMARC would have said before forwarding broke it.
 fn trusted_forwarder(c: &Config, results: &[AuthResult], aar: &[String]) -> Option<String> {
     let arc = find(results, "arc", None)?;
     if arc.outcome != Outcome::Pass {
@@ -346,50 +351,221 @@ fn trusted_forwarder(c: &Config, results: &[AuthResult], aar: &[String]) -> Opti
     if !c.trusted_arc_sealers.contains(&sealer) {
         return None;
     }
-    let newest = aar.iter().max_by_key(|v| instance(v))?;
-    let said_pass = newest.split(';').skip(1).any(|r| {
-        let r = r.trim().to_ascii_lowercase();
-        ["spf=pass", "dkim=pass", "dmarc=pass"].iter().any(|p| {
-            r.starts_with(p)
-                && r[p.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(|c| !c.is_alphanumeric())
-        })
+    let from = find(results, "dmarc", None)?
+        .property("header.from")?
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let newest = aar
+        .iter()
+        .filter_map(|v| parse_aar(v))
+        .max_by_key(|(i, _)| *i)?
+        .1;
+    let vouches = newest.results.iter().any(|r| {
+        if r.result != "pass" {
+            return false;
+        }
+        let prop = |name: &str| r.property(name).map(|v| v.trim_end_matches('.'));
+        match r.method.as_str() {
+            "dmarc" => prop("header.from").is_some_and(|d| d.eq_ignore_ascii_case(&from)),
+            "dkim" => prop("header.d").is_some_and(|d| aligned(d, &from)),
+            "spf" => prop("smtp.mailfrom")
+                .map(|m| m.rsplit_once('@').map_or(m, |(_, d)| d))
+                .is_some_and(|d| aligned(d, &from)),
+            _ => false,
+        }
     });
-    said_pass.then_some(sealer)
+    vouches.then_some(sealer)
 }
 
-/// The `i=` instance of an ARC-Authentication-Results value.
-fn instance(value: &str) -> u32 {
-    value
-        .split(';')
-        .next()
-        .and_then(|t| t.trim().strip_prefix("i="))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+/// Relaxed alignment, without the public suffix list, so on the safe
+/// side: the same domain, or one under the other where the parent has at
+/// least two labels (sibling subdomains are not taken as aligned).
+fn aligned(domain: &str, from: &str) -> bool {
+    let domain = domain.to_ascii_lowercase();
+    let under = |child: &str, parent: &str| {
+        parent.contains('.')
+            && child
+                .strip_suffix(parent)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    domain == from || under(from, &domain) || under(&domain, from)
 }
 
-/// The authserv-id an Authentication-Results value names (the text before
-/// the first `;`, past comments), lower case.
+/// One result of an Authentication-Results value: `method=result` and its
+/// properties (`reason` included), lower-cased except the values.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resinfo {
+    /// The method, without a version (`dkim`).
+    pub method: String,
+    /// The result (`pass`).
+    pub result: String,
+    /// `ptype.property` (or `reason`) and value, unquoted.
+    pub properties: Vec<(String, String)>,
+}
+
+impl Resinfo {
+    fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An Authentication-Results value (RFC 8601 2.2), read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// The authserv-id, lower case.
+    pub authserv_id: String,
+    /// The results (none for `authserv-id; none`).
+    pub results: Vec<Resinfo>,
+}
+
+/// Reads an Authentication-Results value: comments (nested, with quoted
+/// pairs) are dropped and quoted strings unquoted before anything is
+/// looked at, so neither can hide or forge a `;` or a result.
+pub fn parse_results(value: &str) -> Parsed {
+    parse_segments(segments(value))
+}
+
+/// The authserv-id an Authentication-Results value names, lower case.
 pub fn authserv_id_of(value: &str) -> String {
-    let head = value.split(';').next().unwrap_or_default();
-    let mut plain = String::new();
-    let mut depth = 0usize;
-    for ch in head.chars() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ch if depth == 0 => plain.push(ch),
-            _ => {}
+    parse_results(value).authserv_id
+}
+
+/// Reads an ARC-Authentication-Results value (RFC 8617 4.1.1): its
+/// instance and the results it carries.
+pub fn parse_aar(value: &str) -> Option<(u32, Parsed)> {
+    let mut segs = segments(value);
+    if segs.is_empty() {
+        return None;
+    }
+    let first = segs.remove(0);
+    let instance = match first.as_slice() {
+        [w] => w.text.strip_prefix("i=")?.trim().parse().ok()?,
+        _ => return None,
+    };
+    Some((instance, parse_segments(segs)))
+}
+
+fn parse_segments(segs: Vec<Vec<Word>>) -> Parsed {
+    let mut segs = segs.into_iter();
+    let authserv_id = segs
+        .next()
+        .and_then(|words| words.into_iter().next())
+        .map(|w| w.text.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut results = Vec::new();
+    for words in segs {
+        let mut words = words.into_iter();
+        let Some(spec) = words.next() else { continue };
+        let Some((method, result)) = spec.text.split_once('=') else {
+            continue;
+        };
+        let method = method.split('/').next().unwrap_or_default();
+        results.push(Resinfo {
+            method: method.trim().to_ascii_lowercase(),
+            result: result.trim().to_ascii_lowercase(),
+            properties: words
+                .filter_map(|w| {
+                    let (n, v) = w.text.split_once('=')?;
+                    Some((n.trim().to_ascii_lowercase(), v.to_string()))
+                })
+                .collect(),
+        });
+    }
+    Parsed {
+        authserv_id,
+        results,
+    }
+}
+
+/// A word of a structured field, and whether part of it was quoted.
+#[derive(Debug)]
+struct Word {
+    text: String,
+    quoted: bool,
+}
+
+/// Splits a value at `;` into segments of words, dropping comments and
+/// unquoting quoted strings; `a = b` is the one word `a=b`.
+fn segments(value: &str) -> Vec<Vec<Word>> {
+    let mut segs: Vec<Vec<Word>> = vec![Vec::new()];
+    let mut word: Option<Word> = None;
+    let mut chars = value.chars();
+    let end = |segs: &mut Vec<Vec<Word>>, word: &mut Option<Word>| {
+        if let Some(w) = word.take() {
+            segs.last_mut().expect("one segment at least").push(w);
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '(' => {
+                end(&mut segs, &mut word);
+                let mut depth = 1;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert(Word {
+                    text: String::new(),
+                    quoted: true,
+                });
+                w.quoted = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => w.text.extend(chars.next()),
+                        '"' => break,
+                        c => w.text.push(c),
+                    }
+                }
+            }
+            ';' => {
+                end(&mut segs, &mut word);
+                segs.push(Vec::new());
+            }
+            c if c.is_whitespace() => end(&mut segs, &mut word),
+            c => word
+                .get_or_insert(Word {
+                    text: String::new(),
+                    quoted: false,
+                })
+                .text
+                .push(c),
         }
     }
-    plain
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_ascii_lowercase()
+    end(&mut segs, &mut word);
+    // `method = result`, `ptype.property = value`: one word each.
+    for seg in &mut segs {
+        let mut joined: Vec<Word> = Vec::with_capacity(seg.len());
+        for w in seg.drain(..) {
+            match joined.last_mut() {
+                Some(last)
+                    if (last.text.ends_with('=') && !last.quoted)
+                        || (w.text.starts_with('=') && !w.quoted) =>
+                {
+                    last.text.push_str(&w.text);
+                    last.quoted |= w.quoted;
+                }
+                _ => joined.push(w),
+            }
+        }
+        *seg = joined;
+    }
+    segs
 }
 
 export_plugin!(AuthPolicy);
@@ -488,7 +664,7 @@ mod tests {
         let mut c = Config::default();
         let aar = vec![
             "i=1; mx.origin.example; spf=fail smtp.mailfrom=a@example.com".to_string(),
-            "i=2; lists.example.org; dkim=pass header.d=example.com; dmarc=pass".to_string(),
+            "i=2; lists.example.org; dkim=pass header.d=example.com; dmarc=pass header.from=example.com".to_string(),
         ];
         let res = results(Outcome::Fail, Outcome::Fail, "reject", Outcome::Pass);
         // Not trusted: refused.
@@ -499,10 +675,69 @@ mod tests {
         // A chain that does not pass is not believed.
         let res = results(Outcome::Fail, Outcome::Fail, "reject", Outcome::Fail);
         assert!(code(&decide(&c, &res, &aar).verdict).is_some());
-        // Nor a forwarder whose own results passed nothing.
-        let aar = vec!["i=1; lists.example.org; dkim=fail; dmarc=passx".to_string()];
+        // Nor a forwarder whose own results passed nothing for the From
+        // domain: a pass hidden in a comment, DKIM of another domain,
+        // DMARC of another From, a result that only starts like a pass.
         let res = results(Outcome::Fail, Outcome::Fail, "reject", Outcome::Pass);
-        assert!(code(&decide(&c, &res, &aar).verdict).is_some());
+        for newest in [
+            "i=2; lists.example.org; dkim=fail; dmarc=passx",
+            "i=2; lists.example.org; dkim=fail (dmarc=pass header.from=example.com)",
+            "i=2; lists.example.org; dkim=fail (\\); dmarc=pass header.from=example.com)",
+            "i=2; lists.example.org; dkim=pass header.d=elsewhere.example",
+            "i=2; lists.example.org; dkim=pass header.d=com",
+            "i=2; lists.example.org; dmarc=pass header.from=example.net",
+            "i=2; lists.example.org; spf=pass smtp.mailfrom=a@notexample.com",
+        ] {
+            let aar = vec![
+                "i=1; lists.example.org; dmarc=pass header.from=example.com".to_string(),
+                newest.to_string(),
+            ];
+            let d = decide(&c, &res, &aar);
+            assert!(code(&d.verdict).is_some(), "{newest}: {d:?}");
+        }
+        // Aligned DKIM or SPF, even of a subdomain, and quoting, vouch.
+        for newest in [
+            "i=2; lists.example.org; dkim=pass header.d=example.com",
+            "i=2; lists.example.org; spf=pass smtp.mailfrom=bounce@mail.example.com",
+            "i=2; lists.example.org; dmarc = pass (p=reject) header.from=\"EXAMPLE.com\"",
+            "i=2; lists.example.org (comment; with a semicolon); dkim=pass header.d=example.com",
+        ] {
+            let aar = vec![newest.to_string()];
+            let d = decide(&c, &res, &aar);
+            assert!(matches!(d.verdict, Verdict::Continue), "{newest}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn authentication_results_are_read_past_comments_and_quotes() {
+        assert_eq!(authserv_id_of(" (x) MX.test 1; spf=pass"), "mx.test");
+        // A quoted pair in a comment does not end it early.
+        assert_eq!(authserv_id_of("(a \\) b) mx.test; spf=pass"), "mx.test");
+        assert_eq!(authserv_id_of("(a \\( (nested)) mx.test; none"), "mx.test");
+        // Nor does one in a quoted string; a `;` in a comment is not a
+        // separator.
+        assert_eq!(authserv_id_of("\"mx.\\\"test\"; none"), "mx.\"test");
+        assert_eq!(authserv_id_of("(;) mx.test (;); none"), "mx.test");
+        let p = parse_results(
+            "mx.test; dkim/1 = pass (good (really)) header.d=\"a b\" header.s=s1;\r\n\tspf=fail smtp.mailfrom=x@y.test",
+        );
+        assert_eq!(p.authserv_id, "mx.test");
+        assert_eq!(p.results.len(), 2);
+        assert_eq!(p.results[0].method, "dkim");
+        assert_eq!(p.results[0].result, "pass");
+        assert_eq!(p.results[0].property("header.d"), Some("a b"));
+        assert_eq!(p.results[1].property("smtp.mailfrom"), Some("x@y.test"));
+        assert_eq!(
+            parse_aar("i=3; mx.test; none"),
+            Some((
+                3,
+                Parsed {
+                    authserv_id: "mx.test".into(),
+                    results: vec![]
+                }
+            ))
+        );
+        assert_eq!(parse_aar("mx.test; spf=pass"), None);
     }
 
     #[test]
@@ -512,6 +747,5 @@ mod tests {
         assert!(e.contains("spf_temperror"), "{e}");
         let e = Config::parse(r#"{"dmarc": "reject"}"#).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
-        assert_eq!(authserv_id_of(" (x) MX.test 1; spf=pass"), "mx.test");
     }
 }

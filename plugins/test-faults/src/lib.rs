@@ -1,8 +1,11 @@
 //! A plugin that misbehaves on request, for the gateway's sandbox tests:
 //! at RCPT, `loop@...` spins forever, `alloc@...` grows memory past any
-//! limit, `trap@...` panics (a trap); anything else gets `continue`.
+//! limit, `trap@...` panics (a trap), `lookups@...` looks up
+//! `slow.test` in a loop forever (denied without the `dns` grant, so
+//! answered at once; with it, each lookup waits on the DNS server);
+//! anything else gets `continue`.
 
-use weir_plugin_sdk::{Connection, Envelope, Hook, Plugin, Verdict, export_plugin};
+use weir_plugin_sdk::{Connection, Envelope, Hook, Plugin, Verdict, dns, export_plugin};
 
 struct Faults;
 
@@ -25,6 +28,9 @@ impl Plugin for Faults {
                 }
             }
             "trap" => panic!("asked to trap"),
+            "lookups" => loop {
+                std::hint::black_box(dns::lookup_a("slow.test").ok());
+            },
             _ => Verdict::Continue,
         }
     }
