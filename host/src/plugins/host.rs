@@ -107,11 +107,6 @@ impl CallClock {
         let own = self.started.elapsed().saturating_sub(self.waited);
         self.deadline.checked_sub(own).filter(|d| !d.is_zero())
     }
-
-    /// The most wall-clock time the call may take.
-    pub fn wall_limit(&self) -> Duration {
-        self.deadline + self.wait_limit
-    }
 }
 
 impl HostState {
@@ -208,20 +203,36 @@ impl HostState {
     /// waiting only if it really waited (was pending at least once): an
     /// import answered at once (denied, cached) is the plugin's own time,
     /// or a loop over it would never reach its deadline.
-    async fn waiting<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+    ///
+    /// A wait longer than what is left of the call's `wait_limit` stops the
+    /// call (as its deadline does): the epoch deadline only ticks while
+    /// the plugin runs, so the waits are bounded here.
+    async fn waiting<T>(&mut self, work: impl std::future::Future<Output = T>) -> Trappable<T> {
         let started = Instant::now();
         let mut work = std::pin::pin!(work);
         let mut waited = false;
-        let out = std::future::poll_fn(|cx| {
-            let poll = work.as_mut().poll(cx);
-            waited |= poll.is_pending();
-            poll
-        })
+        let budget = self.clock.wait_limit.saturating_sub(self.clock.waited);
+        let out = tokio::time::timeout(
+            budget,
+            std::future::poll_fn(|cx| {
+                let poll = work.as_mut().poll(cx);
+                waited |= poll.is_pending();
+                poll
+            }),
+        )
         .await;
         if waited {
             self.clock.waited += started.elapsed();
         }
-        out
+        match out {
+            Ok(out) => Ok(out),
+            Err(_) => {
+                // Past the limit whatever the rounding: the call's error
+                // names wait_limit.
+                self.clock.waited = self.clock.wait_limit + Duration::from_nanos(1);
+                Err(wasmtime::Trap::Interrupt.into())
+            }
+        }
     }
 }
 
@@ -232,7 +243,7 @@ impl dns::Host for HostState {
             RData::A(a) => Some(a.0.to_string()),
             _ => None,
         }))
-        .await
+        .await?
     }
     async fn lookup_aaaa(&mut self, host: String) -> DnsResult<String> {
         let resolver = self.resolver();
@@ -245,7 +256,7 @@ impl dns::Host for HostState {
                 _ => None,
             },
         ))
-        .await
+        .await?
     }
     async fn lookup_mx(&mut self, domain: String) -> DnsResult<dns::Mx> {
         let resolver = self.resolver();
@@ -261,7 +272,7 @@ impl dns::Host for HostState {
                 _ => None,
             },
         ))
-        .await
+        .await?
     }
     async fn lookup_txt(&mut self, host: String) -> DnsResult<String> {
         let resolver = self.resolver();
@@ -279,7 +290,7 @@ impl dns::Host for HostState {
                 _ => None,
             },
         ))
-        .await
+        .await?
     }
     async fn lookup_ptr(&mut self, ip: String) -> DnsResult<String> {
         // The in-addr.arpa / ip6.arpa name of the address.
@@ -289,7 +300,7 @@ impl dns::Host for HostState {
             RData::PTR(p) => Some(p.0.to_utf8()),
             _ => None,
         }))
-        .await
+        .await?
     }
 }
 
@@ -333,10 +344,10 @@ impl state::Host for HostState {
 
 impl HostState {
     /// The transaction's results so far (computed on the first ask).
-    async fn auth_results(&mut self) -> Vec<crate::auth::AuthResult> {
+    async fn auth_results(&mut self) -> Trappable<Vec<crate::auth::AuthResult>> {
         match self.auth.clone() {
             Some(t) => self.waiting(t.results()).await,
-            None => Vec::new(),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -347,7 +358,7 @@ impl auth_results::Host for HostState {
         use auth_results::Outcome as W;
         Ok(self
             .auth_results()
-            .await
+            .await?
             .into_iter()
             .map(|r| auth_results::AuthResult {
                 method: r.method.as_str().to_string(),
@@ -377,7 +388,7 @@ impl auth_results::Host for HostState {
         Ok(self.services.authserv_id.clone())
     }
     async fn header_value(&mut self) -> Trappable<String> {
-        let results = self.auth_results().await;
+        let results = self.auth_results().await?;
         Ok(crate::auth::header_value(
             &self.services.authserv_id,
             &results,
