@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use weir::config::{ChainEntry, ListenerConfig, PluginSettings, PluginsConfig};
-use weir::plugins::{Connection, Envelope, HookArgs, MessageView, Plugin, Runtime, Services};
+use weir::plugins::{Context, HookArgs, MessageView, Plugin, Runtime, Services};
 
 fn noop_dir() -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -73,23 +73,15 @@ fn load(rt: &tokio::runtime::Runtime, dir: &Path, instances: usize) -> (Runtime,
     (runtime, plugin)
 }
 
-fn conn() -> Connection {
-    Connection {
-        client_ip: "192.0.2.1".into(),
-        client_port: 40000,
-        listener: "default".into(),
+/// A transaction at its second RCPT, as the plugins would be told it.
+fn context() -> Arc<Context> {
+    Arc::new(Context {
         helo: Some("client.example.org".into()),
-        tls: None,
-        authenticated_user: None,
-    }
-}
-
-fn env() -> Envelope {
-    Envelope {
         queue_id: Some("1".into()),
         sender: Some("a@example.org".into()),
         recipients: vec!["b@example.net".into()],
-    }
+        ..Context::new("192.0.2.1:40000".parse().unwrap(), "default")
+    })
 }
 
 fn bench(c: &mut Criterion) {
@@ -103,23 +95,24 @@ fn bench(c: &mut Criterion) {
     c.bench_function("baseline: block_on of a ready future", |b| {
         b.iter(|| rt.block_on(async { std::hint::black_box(1) }))
     });
-    let rcpt = HookArgs::Rcpt(conn(), env(), "c@example.net".into());
+    let context = context();
+    let rcpt = HookArgs::Rcpt("c@example.net");
     c.bench_function("rcpt hook, pooled instance", |b| {
-        b.iter(|| rt.block_on(pooled.call(&rcpt, None)).unwrap())
+        b.iter(|| rt.block_on(pooled.call(&context, &rcpt)).unwrap())
     });
     let message = Arc::new(MessageView::new(Arc::new(
         b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n".to_vec(),
     )));
-    let data = HookArgs::Data(conn(), env(), message);
+    let data = HookArgs::Data(message);
     c.bench_function(
         "data hook with the message resource, pooled instance",
-        |b| b.iter(|| rt.block_on(pooled.call(&data, None)).unwrap()),
+        |b| b.iter(|| rt.block_on(pooled.call(&context, &data)).unwrap()),
     );
     // instances = 0: nothing is kept, so every call instantiates and inits.
     let (_fresh_runtime, fresh) = load(&rt, dir.path(), 0);
     c.bench_function(
         "rcpt hook, fresh instance (instantiate + init + call)",
-        |b| b.iter(|| rt.block_on(fresh.call(&rcpt, None)).unwrap()),
+        |b| b.iter(|| rt.block_on(fresh.call(&context, &rcpt)).unwrap()),
     );
 }
 

@@ -45,7 +45,15 @@ mod tests {
             .keys()
             .map(|k| resolve.name_world_key(k))
             .collect();
-        for capability in ["log", "dns", "state", "message", "auth-results", "config"] {
+        for capability in [
+            "transaction",
+            "log",
+            "dns",
+            "state",
+            "message",
+            "auth-results",
+            "config",
+        ] {
             assert!(
                 imports
                     .iter()

@@ -4,16 +4,17 @@
 //! [`export_plugin!`] and built as a WebAssembly component:
 //!
 //! ```ignore
-//! use weir_plugin_sdk::{export_plugin, Connection, Envelope, Hook, Plugin, Reply, Verdict};
+//! use weir_plugin_sdk::{export_plugin, transaction, Hook, Plugin, Reply, Verdict};
 //!
 //! struct NoSpamHere;
 //!
 //! impl Plugin for NoSpamHere {
 //!     const HOOKS: &'static [Hook] = &[Hook::Rcpt];
 //!
-//!     fn on_rcpt(_conn: Connection, _env: Envelope, recipient: String) -> Verdict {
+//!     fn on_rcpt(recipient: String) -> Verdict {
 //!         if recipient.starts_with("spamtrap@") {
-//!             return Reply::reject(550, "5.7.1", "no such user here");
+//!             let client = transaction::client_ip();
+//!             return Reply::reject(550, "5.7.1", &format!("no such user here, {client}"));
 //!         }
 //!         Verdict::Continue
 //!     }
@@ -28,6 +29,11 @@
 //! drop the `.wasm` file into the gateway's plugin directory. The contract
 //! the types come from is `wit/plugin.wit`: read it for what each hook,
 //! verdict and capability means.
+//!
+//! A hook gets what it decides on (the recipient, the message); the rest of
+//! the session and the envelope (client address, HELO name, TLS, sender,
+//! recipients so far) is read through [`transaction`] during the call, and
+//! costs nothing when not read.
 //!
 //! The gateway may run each call on a different instance. Every instance
 //! gets [`Plugin::init`] first, so what `init` derives from the
@@ -49,10 +55,10 @@ pub mod bindings {
 
 pub use bindings::weir::plugin::message::Message;
 pub use bindings::weir::plugin::types::{
-    Connection, Decision, DeliveryOutcome, Envelope, Header, HeaderAt, Hook, Mutation, PartInfo,
-    PartReplacement, Reply, TlsInfo, Verdict,
+    Decision, DeliveryOutcome, Header, HeaderAt, Hook, Mutation, PartInfo, PartReplacement, Reply,
+    TlsInfo, Verdict,
 };
-pub use bindings::weir::plugin::{auth_results, config, dns, log, state};
+pub use bindings::weir::plugin::{auth_results, config, dns, log, state, transaction};
 
 /// A plugin. Every hook defaults to `continue` (no opinion), so a plugin
 /// implements only the hooks it names in [`Plugin::HOOKS`]; the gateway
@@ -69,37 +75,39 @@ pub trait Plugin {
     }
 
     /// A client has connected.
-    fn on_connect(_conn: Connection) -> Verdict {
+    fn on_connect() -> Verdict {
         Verdict::Continue
     }
 
-    /// The client said EHLO or HELO.
-    fn on_helo(_conn: Connection) -> Verdict {
+    /// The client said EHLO or HELO `name`.
+    fn on_helo(_name: String) -> Verdict {
         Verdict::Continue
     }
 
-    /// MAIL FROM.
-    fn on_mail_from(_conn: Connection, _env: Envelope) -> Verdict {
+    /// MAIL FROM: `sender` is the reverse path ("" for the null sender).
+    fn on_mail_from(_sender: String) -> Verdict {
         Verdict::Continue
     }
 
-    /// Each RCPT TO.
-    fn on_rcpt(_conn: Connection, _env: Envelope, _recipient: String) -> Verdict {
+    /// Each RCPT TO ([`transaction::recipients`] lists those accepted
+    /// before it).
+    fn on_rcpt(_recipient: String) -> Verdict {
         Verdict::Continue
     }
 
     /// The whole message has been received.
-    fn on_data(_conn: Connection, _env: Envelope, _msg: &Message) -> Decision {
+    fn on_data(_msg: &Message) -> Decision {
         Decision::from(Verdict::Continue)
     }
 
-    /// Before a delivery attempt to `destination`.
-    fn on_pre_delivery(_env: Envelope, _destination: String, _msg: &Message) -> Decision {
+    /// Before a delivery attempt to `destination` (a domain or a route
+    /// name), for the recipients going there ([`transaction::recipients`]).
+    fn on_pre_delivery(_destination: String, _msg: &Message) -> Decision {
         Decision::from(Verdict::Continue)
     }
 
     /// After a delivery attempt.
-    fn on_delivery_result(_env: Envelope, _outcomes: Vec<DeliveryOutcome>) {}
+    fn on_delivery_result(_outcomes: Vec<DeliveryOutcome>) {}
 }
 
 impl Reply {
@@ -220,38 +228,26 @@ macro_rules! export_plugin {
                 fn hooks() -> Vec<$crate::Hook> {
                     <$plugin as $crate::Plugin>::HOOKS.to_vec()
                 }
-                fn on_connect(conn: $crate::Connection) -> $crate::Verdict {
-                    <$plugin as $crate::Plugin>::on_connect(conn)
+                fn on_connect() -> $crate::Verdict {
+                    <$plugin as $crate::Plugin>::on_connect()
                 }
-                fn on_helo(conn: $crate::Connection) -> $crate::Verdict {
-                    <$plugin as $crate::Plugin>::on_helo(conn)
+                fn on_helo(name: String) -> $crate::Verdict {
+                    <$plugin as $crate::Plugin>::on_helo(name)
                 }
-                fn on_mail_from(conn: $crate::Connection, env: $crate::Envelope) -> $crate::Verdict {
-                    <$plugin as $crate::Plugin>::on_mail_from(conn, env)
+                fn on_mail_from(sender: String) -> $crate::Verdict {
+                    <$plugin as $crate::Plugin>::on_mail_from(sender)
                 }
-                fn on_rcpt(
-                    conn: $crate::Connection,
-                    env: $crate::Envelope,
-                    recipient: String,
-                ) -> $crate::Verdict {
-                    <$plugin as $crate::Plugin>::on_rcpt(conn, env, recipient)
+                fn on_rcpt(recipient: String) -> $crate::Verdict {
+                    <$plugin as $crate::Plugin>::on_rcpt(recipient)
                 }
-                fn on_data(
-                    conn: $crate::Connection,
-                    env: $crate::Envelope,
-                    msg: &$crate::Message,
-                ) -> $crate::Decision {
-                    <$plugin as $crate::Plugin>::on_data(conn, env, msg)
+                fn on_data(msg: &$crate::Message) -> $crate::Decision {
+                    <$plugin as $crate::Plugin>::on_data(msg)
                 }
-                fn on_pre_delivery(
-                    env: $crate::Envelope,
-                    destination: String,
-                    msg: &$crate::Message,
-                ) -> $crate::Decision {
-                    <$plugin as $crate::Plugin>::on_pre_delivery(env, destination, msg)
+                fn on_pre_delivery(destination: String, msg: &$crate::Message) -> $crate::Decision {
+                    <$plugin as $crate::Plugin>::on_pre_delivery(destination, msg)
                 }
-                fn on_delivery_result(env: $crate::Envelope, outcomes: Vec<$crate::DeliveryOutcome>) {
-                    <$plugin as $crate::Plugin>::on_delivery_result(env, outcomes)
+                fn on_delivery_result(outcomes: Vec<$crate::DeliveryOutcome>) {
+                    <$plugin as $crate::Plugin>::on_delivery_result(outcomes)
                 }
             }
 

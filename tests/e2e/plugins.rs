@@ -15,6 +15,7 @@ const CRATES: &[&str] = &[
     "weir-plugin-example-policy",
     "weir-plugin-example-filter",
     "weir-plugin-noop",
+    "weir-plugin-test-echo",
     "weir-plugin-test-faults",
     "weir-plugin-test-unknown-import",
 ];
@@ -681,5 +682,69 @@ fn a_plugin_with_the_dns_grant_looks_names_up_through_the_gateways_resolver() {
     assert!(
         log.contains("HELO check skipped") && log.contains("Denied"),
         "{log}"
+    );
+}
+
+#[test]
+fn the_transaction_interface_tells_each_hook_what_it_is_about() {
+    let sink = Sink::start(SinkOptions::default());
+    let plugins = plugin_dir(&[("echo", "weir-plugin-test-echo", "")]);
+    let certs = tempfile::tempdir().unwrap();
+    let (keys, cert) = crate::harness::test_cert(certs.path());
+    let gw = Gateway::start(&format!(
+        "{}[plugins.settings.echo]\ngrants = [\"modify\"]\ndeadline = \"200ms\"\n{}\
+         [[route]]\nname = \"sink\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\n",
+        plugins_table(plugins.path(), ""),
+        listener(
+            "in",
+            &format!(
+                "tls = \"starttls\"\n{keys}chains = {{ rcpt = [\"echo\"], data = [\"echo\"], pre_delivery = [\"echo\"] }}"
+            )
+        ),
+        sink.addr.port(),
+    ));
+    let mut c = Client::connect(gw.addr("in"));
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    c.start_tls(&cert);
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@sender.test>", 250);
+    c.expect("RCPT TO:<b@example.org>", 250);
+    c.expect("RCPT TO:<c@example.org>", 250);
+    // At RCPT, `recipients` lists those accepted before this one.
+    let r = c.expect("RCPT TO:<recipients@example.org>", 550);
+    assert_eq!(r.text(), "5.1.1 before me: b@example.org,c@example.org");
+    // A plugin called without a fiber is stopped at its deadline too.
+    let r = c.expect("RCPT TO:<spin@example.org>", 451);
+    assert_eq!(r.enhanced(), "4.3.0");
+    c.expect("DATA", 354);
+    c.send(b"Subject: echo\r\n\r\nx\r\n.\r\n");
+    assert_eq!(c.read_reply().code, 250);
+
+    let got = sink.wait_for(1);
+    let text = String::from_utf8_lossy(&got[0].data).into_owned();
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    assert_eq!(
+        header("X-Echo-Data: "),
+        "ip=127.0.0.1 port=set listener=in helo=client.test tls=TLSv1_3 user=none \
+         queue=set sender=<a@sender.test> rcpts=b@example.org,c@example.org"
+    );
+    // Before delivery: how the message arrived, and this attempt's
+    // recipients (both go to the one smart-host route, named as the
+    // destination).
+    assert_eq!(
+        header("X-Echo-Delivery: "),
+        "ip=127.0.0.1 port=set listener=in helo=client.test tls=TLSv1_3 user=none \
+         queue=set sender=<a@sender.test> rcpts=b@example.org,c@example.org destination=sink"
+    );
+    assert!(
+        gw.log().contains("deadline of 200ms passed"),
+        "{}",
+        gw.log()
     );
 }

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 
 use crate::config::{ChainEntry, Config, Grant, ListenerConfig, PluginSettings, PluginsConfig};
 use crate::plugins::{
-    Connection, Decision, Envelope, Generation, Hook, HookArgs, MessageView, Mutation, Runtime,
-    Services, Verdict,
+    Context, Decision, Generation, Hook, HookArgs, MessageView, Mutation, Runtime, Services,
+    Verdict,
 };
 
 #[derive(Subcommand)]
@@ -332,7 +332,8 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(2));
         }
-        let (hook_args, view) = sample(&args, hook)?;
+        let sample = sample(&args, hook)?;
+        let (context, hook_args, view) = (&sample.context, sample.args(hook), &sample.message);
         match plugin.time_new_instance().await {
             Ok(took) => println!("new instance: {took:?} (instantiation and init)"),
             Err(e) => {
@@ -341,7 +342,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let started = std::time::Instant::now();
-        let decision = match plugin.call(&hook_args, None).await {
+        let decision = match plugin.call(context, &hook_args).await {
             Ok(d) => d,
             Err(e) => {
                 println!("failed: {e}");
@@ -354,7 +355,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             let mut times = Vec::with_capacity(args.repeat as usize);
             for _ in 0..args.repeat {
                 let started = std::time::Instant::now();
-                if let Err(e) = plugin.call(&hook_args, None).await {
+                if let Err(e) = plugin.call(context, &hook_args).await {
                     println!("failed on a repeated call: {e}");
                     return Ok(ExitCode::FAILURE);
                 }
@@ -372,7 +373,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         if args.show_message
             && let Some(view) = view
         {
-            let edited = crate::plugins::message::apply(&view, &decision.mutations)
+            let edited = crate::plugins::message::apply(view, &decision.mutations)
                 .map_err(|e| anyhow::anyhow!("the changes cannot be applied: {e}"))?;
             let bytes = edited.message.unwrap_or_else(|| view.raw().to_vec());
             println!("message:");
@@ -383,24 +384,39 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The sample transaction the flags describe.
-fn sample(args: &TestArgs, hook: Hook) -> anyhow::Result<(HookArgs, Option<Arc<MessageView>>)> {
-    let conn = Connection {
-        client_ip: args.ip.clone(),
-        client_port: 40000,
-        listener: "test".into(),
-        helo: (hook != Hook::Connect).then(|| args.helo.clone()),
-        tls: None,
-        authenticated_user: None,
-    };
+struct Sample {
+    context: Arc<Context>,
+    /// The argument of helo, mail-from and rcpt.
+    word: String,
+    destination: String,
+    message: Option<Arc<MessageView>>,
+    outcomes: Vec<crate::plugins::DeliveryOutcome>,
+}
+
+impl Sample {
+    fn args(&self, hook: Hook) -> HookArgs<'_> {
+        let message = || self.message.clone().expect("made for this hook");
+        match hook {
+            Hook::Connect => HookArgs::Connect,
+            Hook::Helo => HookArgs::Helo(&self.word),
+            Hook::MailFrom => HookArgs::MailFrom(&self.word),
+            Hook::Rcpt => HookArgs::Rcpt(&self.word),
+            Hook::Data => HookArgs::Data(message()),
+            Hook::PreDelivery => HookArgs::PreDelivery(&self.destination, message()),
+            Hook::DeliveryResult => HookArgs::DeliveryResult(&self.outcomes),
+        }
+    }
+}
+
+fn sample(args: &TestArgs, hook: Hook) -> anyhow::Result<Sample> {
+    let ip: std::net::IpAddr = args
+        .ip
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ip {:?} is not an IP address", args.ip))?;
     let mut rcpts = if args.rcpt.is_empty() {
         vec!["recipient@example.net".to_string()]
     } else {
         args.rcpt.clone()
-    };
-    let env = |recipients: Vec<String>| Envelope {
-        queue_id: Some("TEST".into()),
-        sender: Some(args.from.clone()),
-        recipients,
     };
     let message = || -> anyhow::Result<Arc<MessageView>> {
         let raw = match &args.eml {
@@ -422,43 +438,50 @@ fn sample(args: &TestArgs, hook: Hook) -> anyhow::Result<(HookArgs, Option<Arc<M
         };
         Ok(Arc::new(MessageView::new(Arc::new(raw))))
     };
-    Ok(match hook {
-        Hook::Connect => (HookArgs::Connect(conn), None),
-        Hook::Helo => (HookArgs::Helo(conn), None),
-        Hook::MailFrom => (HookArgs::MailFrom(conn, env(Vec::new())), None),
-        Hook::Rcpt => {
-            let last = rcpts.pop().expect("at least one");
-            (HookArgs::Rcpt(conn, env(rcpts), last), None)
-        }
-        Hook::Data => {
-            let m = message()?;
-            (HookArgs::Data(conn, env(rcpts), m.clone()), Some(m))
-        }
-        Hook::PreDelivery => {
-            let m = message()?;
-            let destination = args.destination.clone().unwrap_or_else(|| {
-                rcpts[0]
-                    .rsplit_once('@')
-                    .map(|(_, d)| d.to_string())
-                    .unwrap_or_default()
-            });
-            (
-                HookArgs::PreDelivery(env(rcpts), destination, m.clone()),
-                Some(m),
-            )
-        }
-        Hook::DeliveryResult => {
-            let outcomes = rcpts
-                .iter()
-                .map(|r| crate::plugins::DeliveryOutcome {
-                    recipient: r.clone(),
-                    status: "delivered".into(),
-                    reply: "250 2.0.0 OK".into(),
-                    remote_host: Some("mx.example.net".into()),
-                })
-                .collect();
-            (HookArgs::DeliveryResult(env(rcpts), outcomes), None)
-        }
+    let message = matches!(hook, Hook::Data | Hook::PreDelivery)
+        .then(message)
+        .transpose()?;
+    let word = match hook {
+        Hook::Helo => args.helo.clone(),
+        Hook::MailFrom => args.from.clone(),
+        // At rcpt, the last recipient is the one being added.
+        Hook::Rcpt => rcpts.pop().expect("at least one"),
+        _ => String::new(),
+    };
+    let destination = args.destination.clone().unwrap_or_else(|| {
+        rcpts
+            .first()
+            .and_then(|r| r.rsplit_once('@'))
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
+    });
+    let outcomes = rcpts
+        .iter()
+        .map(|r| crate::plugins::DeliveryOutcome {
+            recipient: r.clone(),
+            status: "delivered".into(),
+            reply: "250 2.0.0 OK".into(),
+            remote_host: Some("mx.example.net".into()),
+        })
+        .collect();
+    let envelope = !matches!(hook, Hook::Connect | Hook::Helo);
+    let context = Context {
+        helo: (hook != Hook::Connect).then(|| args.helo.clone()),
+        queue_id: envelope.then(|| "TEST".into()),
+        sender: envelope.then(|| args.from.clone()),
+        recipients: if envelope && hook != Hook::MailFrom {
+            rcpts
+        } else {
+            Vec::new()
+        },
+        ..Context::new(std::net::SocketAddr::new(ip, 40000), "test")
+    };
+    Ok(Sample {
+        context: Arc::new(context),
+        word,
+        destination,
+        message,
+        outcomes,
     })
 }
 

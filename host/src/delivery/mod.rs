@@ -576,8 +576,8 @@ impl Delivery {
         } else {
             hop.domain.clone()
         };
-        let args = HookArgs::PreDelivery(plugin_envelope(job), destination, view.clone());
-        let result = generation.run(listener, args, None).await;
+        let args = HookArgs::PreDelivery(&destination, view.clone());
+        let result = generation.run(&plugin_context(job), args).await;
         let settled = |reply: crate::smtp::Reply| {
             let text = format!(
                 "{} {} {}",
@@ -660,11 +660,10 @@ impl Delivery {
             return;
         };
         let generation = plugins.current();
-        let listener = job.envelope.client.listener.clone();
-        if !generation.has_chain(&listener, Hook::DeliveryResult) {
+        if !generation.has_chain(&job.envelope.client.listener, Hook::DeliveryResult) {
             return;
         }
-        let list = job
+        let list: Vec<DeliveryOutcome> = job
             .rcpts
             .iter()
             .zip(outcomes)
@@ -682,16 +681,22 @@ impl Delivery {
                 }
             })
             .collect();
-        let args = HookArgs::DeliveryResult(plugin_envelope(job), list);
+        let context = plugin_context(job);
         tokio::spawn(async move {
-            generation.run(&listener, args, None).await;
+            generation
+                .run(&context, HookArgs::DeliveryResult(&list))
+                .await;
         });
     }
 }
 
-/// What the plugins see of a job's envelope: its recipients only.
-fn plugin_envelope(job: &Job) -> crate::plugins::Envelope {
-    crate::plugins::Envelope {
+/// What the plugins are told of a job: how its message arrived, and of
+/// its envelope the recipients of this attempt only.
+fn plugin_context(job: &Job) -> Arc<crate::plugins::Context> {
+    let client = &job.envelope.client;
+    Arc::new(crate::plugins::Context {
+        helo: Some(client.helo.clone()),
+        tls: client.tls.clone(),
         queue_id: Some(job.id.to_string()),
         sender: Some(job.envelope.sender.clone()),
         recipients: job
@@ -699,7 +704,8 @@ fn plugin_envelope(job: &Job) -> crate::plugins::Envelope {
             .iter()
             .map(|&i| job.envelope.recipients[i].address.clone())
             .collect(),
-    }
+        ..crate::plugins::Context::new(client.addr, &client.listener)
+    })
 }
 
 fn report(events: &mpsc::UnboundedSender<WorkerEvent>, job: &Job, outcome: RcptOutcome) {

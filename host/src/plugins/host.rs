@@ -35,7 +35,21 @@ pub mod bindings {
     });
 }
 
-use bindings::weir::plugin::{auth_results, config, dns, log, message, state, types};
+/// The same world with synchronous exports, for plugins that import none
+/// of the interfaces that wait (dns, state, auth-results): called without
+/// a fiber, on the caller's stack. Types are those of [`bindings`].
+pub mod sync_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        require_store_data_send: true,
+        with: {
+            "weir:plugin": super::bindings::weir::plugin,
+        },
+    });
+}
+
+use bindings::weir::plugin::{auth_results, config, dns, log, message, state, transaction, types};
 
 /// The message behind a `message` resource: a view shared by the calls of
 /// one chain.
@@ -61,8 +75,8 @@ pub struct HostState {
     pub(super) config: Arc<str>,
     pub(super) grants: Arc<[Grant]>,
     pub(super) services: Arc<Services>,
-    /// The current call's transaction, for `auth-results`.
-    pub(super) auth: Option<Arc<crate::auth::Transaction>>,
+    /// What the current call is about (`transaction`, `auth-results`).
+    pub(super) context: Option<Arc<super::Context>>,
     /// The current call's clock: its deadline measures the plugin's own
     /// time, not the time it spent waiting in host imports.
     pub(super) clock: CallClock,
@@ -127,6 +141,56 @@ impl wasmtime_wasi::WasiView for HostState {
 type Trappable<T> = wasmtime::Result<T>;
 
 impl types::Host for HostState {}
+
+impl transaction::Host for HostState {
+    fn client_ip(&mut self) -> Trappable<String> {
+        Ok(self
+            .context
+            .as_ref()
+            .map(|c| c.client.ip().to_string())
+            .unwrap_or_default())
+    }
+    fn client_port(&mut self) -> Trappable<u16> {
+        Ok(self.context.as_ref().map_or(0, |c| c.client.port()))
+    }
+    fn listener(&mut self) -> Trappable<String> {
+        Ok(self
+            .context
+            .as_ref()
+            .map(|c| c.listener.clone())
+            .unwrap_or_default())
+    }
+    fn helo(&mut self) -> Trappable<Option<String>> {
+        Ok(self.context.as_ref().and_then(|c| c.helo.clone()))
+    }
+    fn tls(&mut self) -> Trappable<Option<types::TlsInfo>> {
+        Ok(self.context.as_ref().and_then(|c| {
+            c.tls.as_ref().map(|t| types::TlsInfo {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+            })
+        }))
+    }
+    fn authenticated_user(&mut self) -> Trappable<Option<String>> {
+        Ok(self
+            .context
+            .as_ref()
+            .and_then(|c| c.authenticated_user.clone()))
+    }
+    fn queue_id(&mut self) -> Trappable<Option<String>> {
+        Ok(self.context.as_ref().and_then(|c| c.queue_id.clone()))
+    }
+    fn sender(&mut self) -> Trappable<Option<String>> {
+        Ok(self.context.as_ref().and_then(|c| c.sender.clone()))
+    }
+    fn recipients(&mut self) -> Trappable<Vec<String>> {
+        Ok(self
+            .context
+            .as_ref()
+            .map(|c| c.recipients.clone())
+            .unwrap_or_default())
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) -> Trappable<()> {
@@ -345,7 +409,7 @@ impl state::Host for HostState {
 impl HostState {
     /// The transaction's results so far (computed on the first ask).
     async fn auth_results(&mut self) -> Trappable<Vec<crate::auth::AuthResult>> {
-        match self.auth.clone() {
+        match self.context.as_ref().and_then(|c| c.auth.clone()) {
             Some(t) => self.waiting(t.results()).await,
             None => Ok(Vec::new()),
         }

@@ -20,6 +20,7 @@
 mod cache;
 mod host;
 pub mod message;
+mod pool;
 pub mod state;
 pub mod stats;
 
@@ -28,7 +29,7 @@ pub use host::{HostState, Services};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -37,8 +38,8 @@ use wasmtime::{
 };
 
 pub use host::bindings::weir::plugin::types::{
-    Connection, Decision, DeliveryOutcome, Envelope, Header, Hook, Mutation, PartReplacement,
-    Reply as PluginReply, TlsInfo, Verdict,
+    Decision, DeliveryOutcome, Header, Hook, Mutation, PartReplacement, Reply as PluginReply,
+    Verdict,
 };
 pub use message::MessageView;
 
@@ -114,42 +115,86 @@ pub struct ChainResult {
     pub mutations: Vec<Mutation>,
 }
 
-/// The arguments of one hook.
-pub enum HookArgs {
-    /// A client connected.
-    Connect(Connection),
-    /// EHLO/HELO.
-    Helo(Connection),
-    /// MAIL FROM.
-    MailFrom(Connection, Envelope),
-    /// RCPT TO (the recipient).
-    Rcpt(Connection, Envelope, String),
-    /// End of data.
-    Data(Connection, Envelope, Arc<MessageView>),
-    /// Before delivery to a destination.
-    PreDelivery(Envelope, String, Arc<MessageView>),
-    /// After a delivery attempt.
-    DeliveryResult(Envelope, Vec<DeliveryOutcome>),
+/// What a hook call is about: the session and the envelope, which plugins
+/// read through the `transaction` import. Built once per chain run and
+/// shared by its calls; nothing of it is copied into a plugin that does
+/// not ask.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The client's address and port.
+    pub client: std::net::SocketAddr,
+    /// The listener that took the connection.
+    pub listener: String,
+    /// The EHLO/HELO argument, once given.
+    pub helo: Option<String>,
+    /// TLS, if the session is encrypted.
+    pub tls: Option<crate::queue::TlsInfo>,
+    /// The authenticated user, if any.
+    pub authenticated_user: Option<String>,
+    /// The queue id, from MAIL FROM on.
+    pub queue_id: Option<String>,
+    /// The reverse path, from MAIL FROM on.
+    pub sender: Option<String>,
+    /// The recipients so far (at delivery: those of this attempt).
+    pub recipients: Vec<String>,
+    /// The receiving transaction's authentication checks, for
+    /// `auth-results` (none outside a receiving transaction).
+    pub auth: Option<Arc<crate::auth::Transaction>>,
 }
 
-impl HookArgs {
+impl Context {
+    /// A session from `client` on `listener` that has told nothing yet.
+    pub fn new(client: std::net::SocketAddr, listener: &str) -> Context {
+        Context {
+            client,
+            listener: listener.to_string(),
+            helo: None,
+            tls: None,
+            authenticated_user: None,
+            queue_id: None,
+            sender: None,
+            recipients: Vec::new(),
+            auth: None,
+        }
+    }
+}
+
+/// What a hook is given besides its [`Context`]: what it decides on.
+pub enum HookArgs<'a> {
+    /// A client connected.
+    Connect,
+    /// EHLO/HELO, with the name.
+    Helo(&'a str),
+    /// MAIL FROM, with the reverse path.
+    MailFrom(&'a str),
+    /// RCPT TO, with the recipient.
+    Rcpt(&'a str),
+    /// End of data.
+    Data(Arc<MessageView>),
+    /// Before delivery to a destination.
+    PreDelivery(&'a str, Arc<MessageView>),
+    /// After a delivery attempt.
+    DeliveryResult(&'a [DeliveryOutcome]),
+}
+
+impl HookArgs<'_> {
     /// The hook these arguments are for.
     pub fn hook(&self) -> Hook {
         match self {
-            HookArgs::Connect(_) => Hook::Connect,
+            HookArgs::Connect => Hook::Connect,
             HookArgs::Helo(_) => Hook::Helo,
-            HookArgs::MailFrom(..) => Hook::MailFrom,
-            HookArgs::Rcpt(..) => Hook::Rcpt,
-            HookArgs::Data(..) => Hook::Data,
+            HookArgs::MailFrom(_) => Hook::MailFrom,
+            HookArgs::Rcpt(_) => Hook::Rcpt,
+            HookArgs::Data(_) => Hook::Data,
             HookArgs::PreDelivery(..) => Hook::PreDelivery,
-            HookArgs::DeliveryResult(..) => Hook::DeliveryResult,
+            HookArgs::DeliveryResult(_) => Hook::DeliveryResult,
         }
     }
 
     /// The message, at the hooks that have one.
     pub fn message(&self) -> Option<&Arc<MessageView>> {
         match self {
-            HookArgs::Data(_, _, m) | HookArgs::PreDelivery(_, _, m) => Some(m),
+            HookArgs::Data(m) | HookArgs::PreDelivery(_, m) => Some(m),
             _ => None,
         }
     }
@@ -203,16 +248,39 @@ pub struct Plugin {
     pub hooks: Vec<Hook>,
     /// Its counters.
     pub stats: stats::Stats,
-    pre: host::bindings::PluginPre<HostState>,
+    pre: Pre,
     services: Arc<Services>,
     memory_limit: usize,
     /// Ready instances, each in its own store, already given `init`.
-    pool: Mutex<Vec<Ready>>,
+    pool: pool::Pool<Ready>,
 }
 
 struct Ready {
     store: Store<HostState>,
-    instance: host::bindings::Plugin,
+    instance: Instance,
+}
+
+/// How a plugin is instantiated and called. A plugin that imports none of
+/// the interfaces that wait (dns, state, auth-results) is linked without
+/// them and called synchronously, on the caller's stack; one that does is
+/// called on a fiber of its own, which its waits suspend.
+enum Pre {
+    Sync(host::sync_bindings::PluginPre<HostState>),
+    Async(host::bindings::PluginPre<HostState>),
+}
+
+enum Instance {
+    Sync(host::sync_bindings::Plugin),
+    Async(host::bindings::Plugin),
+}
+
+impl Instance {
+    async fn hooks(&self, store: &mut Store<HostState>) -> wasmtime::Result<Vec<Hook>> {
+        match self {
+            Instance::Sync(p) => p.call_hooks(store),
+            Instance::Async(p) => p.call_hooks(store).await,
+        }
+    }
 }
 
 /// A plugin in a chain, with the entry's failure policy.
@@ -256,24 +324,18 @@ impl Generation {
         !self.chain(listener, hook).is_empty()
     }
 
-    /// Runs the chain of `listener` for `args`: the first plugin with an
-    /// opinion decides; mutations are collected from every plugin that ran.
-    /// `auth` is the receiving transaction's authentication checks, if
-    /// any (see [`Plugin::call`]).
-    pub async fn run(
-        &self,
-        listener: &str,
-        args: HookArgs,
-        auth: Option<&Arc<crate::auth::Transaction>>,
-    ) -> ChainResult {
+    /// Runs the chain of the context's listener for `args`: the first
+    /// plugin with an opinion decides; mutations are collected from every
+    /// plugin that ran.
+    pub async fn run(&self, context: &Arc<Context>, args: HookArgs<'_>) -> ChainResult {
         let hook = args.hook();
         let mut mutations = Vec::new();
-        for link in self.chain(listener, hook) {
+        for link in self.chain(&context.listener, hook) {
             let plugin = &link.plugin;
             if !plugin.hooks.contains(&hook) {
                 continue;
             }
-            let decision = match plugin.call(&args, auth).await {
+            let decision = match plugin.call(context, &args).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), error = %e, "plugin failed; on_error applies");
@@ -408,6 +470,8 @@ fn parse_enhanced(s: &str) -> Option<Enhanced> {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The same without the imports that wait: for plugins that use none.
+    sync_linker: Linker<HostState>,
     services: Arc<Services>,
     cache_dir: Option<PathBuf>,
     slot_memory: u64,
@@ -464,6 +528,7 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let sync_linker = sync_linker(&engine).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
@@ -481,6 +546,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            sync_linker,
             services: Arc::new(services),
             cache_dir,
             slot_memory,
@@ -592,12 +658,23 @@ impl Runtime {
             loaded.insert(key, p.clone());
             return Ok(p.clone());
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&compiled.component)
-            .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre =
-            host::bindings::PluginPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        // The synchronous linker lacks the waiting imports: a component
+        // that needs one of them is linked with the other.
+        let pre = match self.sync_linker.instantiate_pre(&compiled.component) {
+            Ok(p) => Pre::Sync(
+                host::sync_bindings::PluginPre::new(p).map_err(|e| invalid(format!("{e:#}")))?,
+            ),
+            Err(_) => {
+                let p = self
+                    .linker
+                    .instantiate_pre(&compiled.component)
+                    .map_err(|e| invalid(format!("{e:#}")))?;
+                Pre::Async(
+                    host::bindings::PluginPre::new(p).map_err(|e| invalid(format!("{e:#}")))?,
+                )
+            }
+        };
+        let instances = settings.instances;
         let mut plugin = Plugin {
             name: name.into(),
             key: key.clone(),
@@ -611,7 +688,7 @@ impl Runtime {
             stats: stats::Stats::default(),
             pre,
             services: self.services.clone(),
-            pool: Mutex::new(Vec::new()),
+            pool: pool::Pool::new(instances),
         };
         // One instance now: it checks the configuration and names the hooks.
         let mut ready = plugin.instantiate().await.map_err(|e| match e {
@@ -623,16 +700,17 @@ impl Runtime {
         })?;
         arm(
             &mut ready.store,
+            Instant::now(),
             plugin.settings.deadline,
             plugin.settings.wait_limit,
         );
         plugin.hooks = ready
             .instance
-            .call_hooks(&mut ready.store)
+            .hooks(&mut ready.store)
             .await
             .map_err(|e| invalid(format!("{e:#}")))?;
         tracing::info!(plugin = name, key, hooks = ?plugin.hooks, cached = compiled.cached, "plugin loaded");
-        plugin.pool.lock().expect("pool poisoned").push(ready);
+        plugin.pool.give(ready);
         let plugin = Arc::new(plugin);
         loaded.insert(key, plugin.clone());
         Ok(plugin)
@@ -713,11 +791,31 @@ impl std::fmt::Display for InitError {
     }
 }
 
-/// Starts a call's clock: `deadline` of the plugin's own time, plus up to
-/// `wait_limit` waiting in host imports.
-fn arm(store: &mut Store<HostState>, deadline: Duration, wait_limit: Duration) {
-    store.data_mut().clock = host::CallClock::start(deadline, wait_limit);
+/// Starts a call's clock at `started`: `deadline` of the plugin's own
+/// time, plus up to `wait_limit` waiting in host imports.
+fn arm(store: &mut Store<HostState>, started: Instant, deadline: Duration, wait_limit: Duration) {
+    store.data_mut().clock = host::CallClock {
+        started,
+        deadline,
+        wait_limit,
+        waited: Duration::ZERO,
+    };
     store.set_epoch_deadline(ticks(deadline));
+}
+
+/// WASI (synchronous) and the contract's imports that never wait:
+/// transaction, log, message and config.
+fn sync_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    use host::bindings::weir::plugin::{config, log, message, transaction, types};
+    use wasmtime::component::HasSelf;
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    message::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    transaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
 }
 
 /// Epoch ticks in `d`, rounded down (at least one).
@@ -738,10 +836,14 @@ impl Plugin {
             config: self.config.clone(),
             grants: self.grants.clone(),
             services: self.services.clone(),
-            auth: None,
+            context: None,
             clock: host::CallClock::start(self.settings.data_deadline, self.settings.wait_limit),
         };
-        let mut store = Store::new(self.pre.engine(), state);
+        let engine = match &self.pre {
+            Pre::Sync(p) => p.engine(),
+            Pre::Async(p) => p.engine(),
+        };
+        let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         // The deadline is for the plugin's own work: when it comes, the
         // time the call spent waiting in host imports (DNS, authentication
@@ -755,19 +857,30 @@ impl Plugin {
         });
         arm(
             &mut store,
+            Instant::now(),
             self.settings.data_deadline,
             self.settings.wait_limit,
         );
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(InitError::Trap)?;
-        instance
-            .call_init(&mut store, &self.config)
-            .await
-            .map_err(InitError::Trap)?
-            .map_err(InitError::Refused)?;
+        let instance = match &self.pre {
+            Pre::Sync(p) => {
+                let i = p.instantiate(&mut store).map_err(InitError::Trap)?;
+                i.call_init(&mut store, &self.config)
+                    .map_err(InitError::Trap)?
+                    .map_err(InitError::Refused)?;
+                Instance::Sync(i)
+            }
+            Pre::Async(p) => {
+                let i = p
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(InitError::Trap)?;
+                i.call_init(&mut store, &self.config)
+                    .await
+                    .map_err(InitError::Trap)?
+                    .map_err(InitError::Refused)?;
+                Instance::Async(i)
+            }
+        };
         Ok(Ready { store, instance })
     }
 
@@ -781,40 +894,45 @@ impl Plugin {
         Ok(took)
     }
 
-    /// Calls the hook of `args` on a pooled (or new) instance under the
-    /// deadline; an instance that failed is dropped, not returned.
-    /// `auth` is the transaction whose authentication results the plugin
-    /// may ask for (none outside a receiving transaction).
+    /// Calls the hook of `args` about `context` on a pooled (or new)
+    /// instance under the deadline; an instance that failed is dropped,
+    /// not returned.
     pub async fn call(
         &self,
-        args: &HookArgs,
-        auth: Option<&Arc<crate::auth::Transaction>>,
+        context: &Arc<Context>,
+        args: &HookArgs<'_>,
     ) -> Result<Decision, String> {
         let started = Instant::now();
-        let ready = self.pool.lock().expect("pool poisoned").pop();
-        let mut ready = match ready {
-            Some(r) => r,
-            None => self.instantiate().await.map_err(|e| e.to_string())?,
+        // A new instance's set-up counts in the call's latency, not
+        // against its deadline.
+        let (mut ready, clock_start) = match self.pool.take() {
+            Some(r) => (r, started),
+            None => (
+                self.instantiate().await.map_err(|e| e.to_string())?,
+                Instant::now(),
+            ),
         };
         let deadline = match args.hook() {
             Hook::Data | Hook::PreDelivery | Hook::DeliveryResult => self.settings.data_deadline,
             _ => self.settings.deadline,
         };
-        arm(&mut ready.store, deadline, self.settings.wait_limit);
-        ready.store.data_mut().auth = auth.cloned();
+        arm(
+            &mut ready.store,
+            clock_start,
+            deadline,
+            self.settings.wait_limit,
+        );
+        ready.store.data_mut().context = Some(context.clone());
         // The epoch deadline stops a plugin that computes too long; the
         // imports stop one that waits too long (see `HostState::waiting`).
         let result = call_export(&ready.instance, &mut ready.store, args).await;
         // A pooled instance must not keep the transaction alive.
-        ready.store.data_mut().auth = None;
+        ready.store.data_mut().context = None;
         match result {
             Ok(decision) => {
                 self.stats
                     .record(stats::Ended::Verdict(&decision.verdict), started.elapsed());
-                let mut pool = self.pool.lock().expect("pool poisoned");
-                if pool.len() < self.settings.instances {
-                    pool.push(ready);
-                }
+                self.pool.give(ready);
                 Ok(decision)
             }
             Err(e) => {
@@ -852,36 +970,48 @@ fn lend(store: &mut Store<HostState>, m: &Arc<MessageView>) -> wasmtime::Result<
     Ok((owned, borrow))
 }
 
+/// Calls the export for `args`; `$($wait)*` is `.await` for the
+/// asynchronous bindings and nothing for the synchronous ones.
+macro_rules! dispatch {
+    ($p:expr, $store:expr, $args:expr $(, $wait:tt)*) => {{
+        let (p, store) = ($p, $store);
+        let plain = |verdict| Decision {
+            verdict,
+            mutations: Vec::new(),
+        };
+        match $args {
+            HookArgs::Connect => plain(p.call_on_connect(&mut *store)$(.$wait)*?),
+            HookArgs::Helo(name) => plain(p.call_on_helo(&mut *store, name)$(.$wait)*?),
+            HookArgs::MailFrom(sender) => plain(p.call_on_mail_from(&mut *store, sender)$(.$wait)*?),
+            HookArgs::Rcpt(rcpt) => plain(p.call_on_rcpt(&mut *store, rcpt)$(.$wait)*?),
+            HookArgs::Data(m) => {
+                let (owned, borrow) = lend(store, m)?;
+                let result = p.call_on_data(&mut *store, borrow)$(.$wait)*;
+                store.data_mut().table.delete(owned)?;
+                result?
+            }
+            HookArgs::PreDelivery(d, m) => {
+                let (owned, borrow) = lend(store, m)?;
+                let result = p.call_on_pre_delivery(&mut *store, d, borrow)$(.$wait)*;
+                store.data_mut().table.delete(owned)?;
+                result?
+            }
+            HookArgs::DeliveryResult(o) => {
+                p.call_on_delivery_result(&mut *store, o)$(.$wait)*?;
+                plain(Verdict::Continue)
+            }
+        }
+    }};
+}
+
 async fn call_export(
-    p: &host::bindings::Plugin,
+    instance: &Instance,
     store: &mut Store<HostState>,
-    args: &HookArgs,
+    args: &HookArgs<'_>,
 ) -> wasmtime::Result<Decision> {
-    let plain = |verdict| Decision {
-        verdict,
-        mutations: Vec::new(),
-    };
-    Ok(match args {
-        HookArgs::Connect(c) => plain(p.call_on_connect(&mut *store, c).await?),
-        HookArgs::Helo(c) => plain(p.call_on_helo(&mut *store, c).await?),
-        HookArgs::MailFrom(c, e) => plain(p.call_on_mail_from(&mut *store, c, e).await?),
-        HookArgs::Rcpt(c, e, r) => plain(p.call_on_rcpt(&mut *store, c, e, r).await?),
-        HookArgs::Data(c, e, m) => {
-            let (owned, borrow) = lend(store, m)?;
-            let result = p.call_on_data(&mut *store, c, e, borrow).await;
-            store.data_mut().table.delete(owned)?;
-            result?
-        }
-        HookArgs::PreDelivery(e, d, m) => {
-            let (owned, borrow) = lend(store, m)?;
-            let result = p.call_on_pre_delivery(&mut *store, e, d, borrow).await;
-            store.data_mut().table.delete(owned)?;
-            result?
-        }
-        HookArgs::DeliveryResult(e, o) => {
-            p.call_on_delivery_result(&mut *store, e, o).await?;
-            plain(Verdict::Continue)
-        }
+    Ok(match instance {
+        Instance::Sync(p) => dispatch!(p, store, args),
+        Instance::Async(p) => dispatch!(p, store, args, await),
     })
 }
 

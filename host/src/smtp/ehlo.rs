@@ -20,7 +20,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.txn = None;
         let previous = self.helo.replace(host);
-        if let Some(step) = self.run_chain(crate::plugins::Hook::Helo, None).await {
+        let name = self.helo.as_deref().unwrap_or_default();
+        let outcome = self
+            .envelope_chain(crate::plugins::HookArgs::Helo(name))
+            .await;
+        if let Some(step) = self.after_chain(outcome) {
             // Refused: the client has not said hello.
             self.helo = previous;
             return step;

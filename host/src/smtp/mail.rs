@@ -84,7 +84,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             chunks: None,
             auth,
         });
-        if let Some(step) = self.run_chain(crate::plugins::Hook::MailFrom, None).await {
+        let sender = self.txn.as_ref().map_or("", |t| t.sender.as_str());
+        let outcome = self
+            .envelope_chain(crate::plugins::HookArgs::MailFrom(sender))
+            .await;
+        if let Some(step) = self.after_chain(outcome) {
             // Refused: no transaction is open.
             self.txn = None;
             return step;

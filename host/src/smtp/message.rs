@@ -240,18 +240,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<Vec<u8>, Step> {
         use crate::plugins::{HookArgs, Outcome};
         let view = Arc::new(MessageView::new(Arc::new(message)));
-        let env = crate::plugins::Envelope {
-            queue_id: Some(txn.id.to_string()),
-            sender: Some(txn.sender.clone()),
-            recipients: txn.recipients.iter().map(|r| r.address.clone()).collect(),
-        };
-        let args = HookArgs::Data(self.plugin_connection(), env, view.clone());
         if let Some(auth) = &txn.auth {
             auth.set_message(view.raw().clone());
         }
+        // The transaction is out of the session while its message is
+        // stored: the context is built from it.
+        let context = self.plugin_context(Some(txn));
         let result = self
             .plugins
-            .run(&self.ctx.config.name, args, txn.auth.as_ref())
+            .run(&context, HookArgs::Data(view.clone()))
             .await;
         let id = txn.id;
         match result.outcome {

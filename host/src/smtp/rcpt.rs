@@ -49,10 +49,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(Reply::relay_denied(&address));
         }
         // The listener's plugins, once the gateway's own checks pass.
-        if let Some(step) = self
-            .run_chain(crate::plugins::Hook::Rcpt, Some(&address))
-            .await
-        {
+        let outcome = self
+            .envelope_chain(crate::plugins::HookArgs::Rcpt(&address))
+            .await;
+        if let Some(step) = self.after_chain(outcome) {
             return step;
         }
         let notify = NotifyFlags {

@@ -175,10 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The connect chain may refuse the client instead of greeting it
         // (RFC 5321 3.1: 554, or 421 for "not now"), then the connection
         // is closed.
-        match self
-            .envelope_chain(crate::plugins::Hook::Connect, None)
-            .await
-        {
+        match self.envelope_chain(crate::plugins::HookArgs::Connect).await {
             None
             | Some(
                 crate::plugins::Outcome::Continue
@@ -336,73 +333,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Step::StartTls
     }
 
-    /// What the plugins see of the connection.
-    pub(super) fn plugin_connection(&self) -> crate::plugins::Connection {
-        crate::plugins::Connection {
-            client_ip: self.peer.ip().to_string(),
-            client_port: self.peer.port(),
-            listener: self.ctx.config.name.clone(),
+    /// What the plugins are told of the session and of `txn` (built only
+    /// when a chain runs: without plugins, a hook costs nothing).
+    pub(super) fn plugin_context(&self, txn: Option<&Transaction>) -> Arc<crate::plugins::Context> {
+        Arc::new(crate::plugins::Context {
             helo: self.helo.clone(),
-            tls: self.tls.as_ref().map(|t| crate::plugins::TlsInfo {
-                version: t.version.clone(),
-                cipher: t.cipher.clone(),
-            }),
-            authenticated_user: None,
-        }
-    }
-
-    /// What the plugins see of the envelope.
-    pub(super) fn plugin_envelope(&self) -> crate::plugins::Envelope {
-        crate::plugins::Envelope {
-            queue_id: self.txn.as_ref().map(|t| t.id.to_string()),
-            sender: self.txn.as_ref().map(|t| t.sender.clone()),
-            recipients: self
-                .txn
-                .as_ref()
+            tls: self.tls.clone(),
+            queue_id: txn.map(|t| t.id.to_string()),
+            sender: txn.map(|t| t.sender.clone()),
+            recipients: txn
                 .map(|t| t.recipients.iter().map(|r| r.address.clone()).collect())
                 .unwrap_or_default(),
-        }
+            auth: txn.and_then(|t| t.auth.clone()),
+            ..crate::plugins::Context::new(self.peer, &self.ctx.config.name)
+        })
     }
 
     /// Runs this listener's chain at an envelope hook (connect, helo,
-    /// mail-from, rcpt); `None` when it has none. The plugins' view of the
-    /// session (strings, the recipient list) is built only then: without
-    /// plugins, a hook costs nothing.
+    /// mail-from, rcpt); `None` when it has none.
     pub(super) async fn envelope_chain(
         &self,
-        hook: crate::plugins::Hook,
-        recipient: Option<&str>,
+        args: crate::plugins::HookArgs<'_>,
     ) -> Option<crate::plugins::Outcome> {
-        use crate::plugins::{Hook, HookArgs};
-        let listener = &self.ctx.config.name;
-        if !self.plugins.has_chain(listener, hook) {
+        if !self.plugins.has_chain(&self.ctx.config.name, args.hook()) {
             return None;
         }
-        let conn = self.plugin_connection();
-        let args = match hook {
-            Hook::Connect => HookArgs::Connect(conn),
-            Hook::Helo => HookArgs::Helo(conn),
-            Hook::MailFrom => HookArgs::MailFrom(conn, self.plugin_envelope()),
-            Hook::Rcpt => HookArgs::Rcpt(
-                conn,
-                self.plugin_envelope(),
-                recipient.unwrap_or_default().to_string(),
-            ),
-            _ => return None,
-        };
-        let auth = self.txn.as_ref().and_then(|t| t.auth.as_ref());
-        Some(self.plugins.run(listener, args, auth).await.outcome)
+        let context = self.plugin_context(self.txn.as_ref());
+        Some(self.plugins.run(&context, args).await.outcome)
     }
 
-    /// Runs the chain for a command's hook; `None` means go on, `Some` is
-    /// the step to take.
-    pub(super) async fn run_chain(
-        &mut self,
-        hook: crate::plugins::Hook,
-        recipient: Option<&str>,
-    ) -> Option<Step> {
+    /// What a command does after its hook's chain: `None` means go on,
+    /// `Some` is the step to take instead.
+    pub(super) fn after_chain(&mut self, outcome: Option<crate::plugins::Outcome>) -> Option<Step> {
         use crate::plugins::Outcome;
-        match self.envelope_chain(hook, recipient).await? {
+        match outcome? {
             Outcome::Continue | Outcome::Discard { .. } | Outcome::Quarantine { .. } => None,
             Outcome::Refuse(reply) => Some(self.error(reply)),
             Outcome::Disconnect(reply) => {

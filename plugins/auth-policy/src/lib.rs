@@ -41,8 +41,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use weir_plugin_sdk::auth_results::{self, AuthResult, Outcome};
 use weir_plugin_sdk::{
-    Connection, Decision, Envelope, Hook, Message, Mutation, Plugin, Reply, Verdict, config,
-    export_plugin,
+    Decision, Hook, Message, Mutation, Plugin, Reply, Verdict, config, export_plugin,
 };
 
 /// What to do about a failed check.
@@ -154,7 +153,7 @@ impl Plugin for AuthPolicy {
         Ok(())
     }
 
-    fn on_mail_from(_conn: Connection, _env: Envelope) -> Verdict {
+    fn on_mail_from(_sender: String) -> Verdict {
         let c = cfg();
         if c.spf_stage != Stage::MailFrom {
             return Verdict::Continue;
@@ -166,7 +165,7 @@ impl Plugin for AuthPolicy {
         }
     }
 
-    fn on_data(_conn: Connection, _env: Envelope, msg: &Message) -> Decision {
+    fn on_data(msg: &Message) -> Decision {
         let c = cfg();
         let results = auth_results::results();
         let mut mutations = Vec::new();

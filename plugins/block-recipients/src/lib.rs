@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use weir_plugin_sdk::{Connection, Envelope, Hook, Plugin, Reply, Verdict, config, export_plugin};
+use weir_plugin_sdk::{Hook, Plugin, Reply, Verdict, config, export_plugin};
 
 struct BlockRecipients;
 
@@ -23,7 +23,7 @@ impl Plugin for BlockRecipients {
         Ok(())
     }
 
-    fn on_rcpt(_conn: Connection, _env: Envelope, recipient: String) -> Verdict {
+    fn on_rcpt(recipient: String) -> Verdict {
         let list = BLOCKED.get_or_init(|| blocked(&config::get()).unwrap_or_default());
         if list.contains(&recipient.to_ascii_lowercase()) {
             return Reply::reject(

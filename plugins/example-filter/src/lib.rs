@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use weir_plugin_sdk::{
-    Connection, Decision, Envelope, Hook, Message, Mutation, Plugin, Reply, Verdict, config,
-    export_plugin, log, state,
+    Decision, Hook, Message, Mutation, Plugin, Reply, Verdict, config, export_plugin, log, state,
+    transaction,
 };
 
 #[derive(Debug, Deserialize)]
@@ -79,12 +79,12 @@ impl Plugin for ExampleFilter {
         Ok(())
     }
 
-    fn on_mail_from(_conn: Connection, env: Envelope) -> Verdict {
+    fn on_mail_from(sender: String) -> Verdict {
         let f = filter();
         if f.max_messages_per_sender == 0 {
             return Verdict::Continue;
         }
-        let sender = env.sender.unwrap_or_default().to_lowercase();
+        let sender = sender.to_lowercase();
         // One counter per sender, shared by every connection (and, with a
         // Redis backend, by every gateway).
         match state::incr(&format!("sender:{sender}"), 1, f.window_secs) {
@@ -102,7 +102,7 @@ impl Plugin for ExampleFilter {
         }
     }
 
-    fn on_data(_conn: Connection, _env: Envelope, msg: &Message) -> Decision {
+    fn on_data(msg: &Message) -> Decision {
         let f = filter();
         let mut changes = Vec::new();
         if let Some((name, value)) = f.header.as_deref().and_then(|h| h.split_once(':')) {
@@ -129,10 +129,9 @@ impl Plugin for ExampleFilter {
         Decision::changes(changes)
     }
 
-    fn on_pre_delivery(env: Envelope, _destination: String, _msg: &Message) -> Decision {
+    fn on_pre_delivery(_destination: String, _msg: &Message) -> Decision {
         let f = filter();
-        let domain = env
-            .recipients
+        let domain = transaction::recipients()
             .first()
             .and_then(|r| r.rsplit_once('@'))
             .map(|(_, d)| d.to_lowercase())

@@ -14,9 +14,7 @@
 use std::sync::OnceLock;
 
 use serde::Deserialize;
-use weir_plugin_sdk::{
-    Connection, Envelope, Hook, Plugin, Reply, Verdict, config, dns, export_plugin, log,
-};
+use weir_plugin_sdk::{Hook, Plugin, Reply, Verdict, config, dns, export_plugin, log, transaction};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,16 +46,17 @@ impl Plugin for ExamplePolicy {
         Ok(())
     }
 
-    fn on_connect(conn: Connection) -> Verdict {
-        if policy().drop_clients.contains(&conn.client_ip) {
-            log::log(log::Level::Info, &format!("dropping {}", conn.client_ip));
+    fn on_connect() -> Verdict {
+        let client = transaction::client_ip();
+        if policy().drop_clients.contains(&client) {
+            log::log(log::Level::Info, &format!("dropping {client}"));
             return Reply::disconnect(554, "5.7.1", "Your address is not welcome here");
         }
         Verdict::Continue
     }
 
-    fn on_helo(conn: Connection) -> Verdict {
-        let helo = conn.helo.unwrap_or_default().to_ascii_lowercase();
+    fn on_helo(name: String) -> Verdict {
+        let helo = name.to_ascii_lowercase();
         if policy()
             .bad_helo
             .iter()
@@ -85,8 +84,8 @@ impl Plugin for ExamplePolicy {
         Verdict::Continue
     }
 
-    fn on_mail_from(_conn: Connection, env: Envelope) -> Verdict {
-        let sender = env.sender.unwrap_or_default().to_ascii_lowercase();
+    fn on_mail_from(sender: String) -> Verdict {
+        let sender = sender.to_ascii_lowercase();
         if policy()
             .later_senders
             .iter()

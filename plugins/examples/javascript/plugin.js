@@ -81,7 +81,7 @@ export function hooks() {
   return ['data'];
 }
 
-export function onData(conn, env, msg) {
+export function onData(msg) {
   const subject = msg.header('subject')[0] ?? '';
   const names = msg
     .parts()
@@ -125,19 +125,19 @@ export function onData(conn, env, msg) {
 
 // The hooks it does not name are never called; the contract still wants
 // every export.
-export function onConnect(conn) {
+export function onConnect() {
   return CONTINUE;
 }
-export function onHelo(conn) {
+export function onHelo(name) {
   return CONTINUE;
 }
-export function onMailFrom(conn, env) {
+export function onMailFrom(sender) {
   return CONTINUE;
 }
-export function onRcpt(conn, env, recipient) {
+export function onRcpt(recipient) {
   return CONTINUE;
 }
-export function onPreDelivery(env, destination, msg) {
+export function onPreDelivery(destination, msg) {
   return { verdict: CONTINUE, mutations: [] };
 }
-export function onDeliveryResult(env, outcomes) {}
+export function onDeliveryResult(outcomes) {}

@@ -22,7 +22,7 @@ import re
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import log, state
+from wit_world.imports import log, state, transaction
 from wit_world.imports.types import (
     Decision,
     Header,
@@ -90,7 +90,7 @@ class WitWorld(wit_world.WitWorld):
     def hooks(self):
         return [Hook.RCPT, Hook.DATA]
 
-    def on_rcpt(self, conn, env, recipient):
+    def on_rcpt(self, recipient):
         address = recipient.lower()
         domain = address.rpartition("@")[2]
         if address in SETTINGS["addresses"] or domain in SETTINGS["domains"]:
@@ -99,8 +99,9 @@ class WitWorld(wit_world.WitWorld):
             )
         return Verdict_Continue()
 
-    def on_data(self, conn, env, msg):
-        sender = (env.sender or "").lower()
+    def on_data(self, msg):
+        # What the hook does not hand over, the transaction tells.
+        sender = (transaction.sender() or "").lower()
         if not sender:
             # The null sender (bounces) names nobody to limit; one shared
             # counter would defer every bounce once it filled.
@@ -126,17 +127,17 @@ class WitWorld(wit_world.WitWorld):
 
     # The hooks it does not name are never called; the contract still
     # wants every export.
-    def on_connect(self, conn):
+    def on_connect(self):
         return Verdict_Continue()
 
-    def on_helo(self, conn):
+    def on_helo(self, name):
         return Verdict_Continue()
 
-    def on_mail_from(self, conn, env):
+    def on_mail_from(self, sender):
         return Verdict_Continue()
 
-    def on_pre_delivery(self, env, destination, msg):
+    def on_pre_delivery(self, destination, msg):
         return continue_()
 
-    def on_delivery_result(self, env, outcomes):
+    def on_delivery_result(self, outcomes):
         pass

@@ -5,14 +5,14 @@
 //! answered at once; with it, each lookup waits on the DNS server);
 //! anything else gets `continue`.
 
-use weir_plugin_sdk::{Connection, Envelope, Hook, Plugin, Verdict, dns, export_plugin};
+use weir_plugin_sdk::{Hook, Plugin, Verdict, dns, export_plugin};
 
 struct Faults;
 
 impl Plugin for Faults {
     const HOOKS: &'static [Hook] = &[Hook::Rcpt];
 
-    fn on_rcpt(_conn: Connection, _env: Envelope, recipient: String) -> Verdict {
+    fn on_rcpt(recipient: String) -> Verdict {
         match recipient.split('@').next().unwrap_or("") {
             "loop" => {
                 let mut n: u64 = 0;
