@@ -51,6 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: plugins::PluginCommand,
     },
+    /// Read a password (from the terminal without echo, or one line of
+    /// standard input) and print its argon2id hash for `[directory]`.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +87,7 @@ pub fn run() -> ExitCode {
     // A plugin test needs no gateway configuration.
     let cli = match cli.command {
         Command::Plugin { command } => return plugins::plugin(command),
+        Command::HashPassword => return hash_password(),
         command => Cli { command },
     };
     let config_path = match &cli.command {
@@ -92,7 +96,7 @@ pub fn run() -> ExitCode {
             command: QueueCommand::Ls { config, .. } | QueueCommand::Cat { config, .. },
         } => config,
         Command::Plugins { command } => command.config_file(),
-        Command::Plugin { .. } => unreachable!("handled above"),
+        Command::Plugin { .. } | Command::HashPassword => unreachable!("handled above"),
     };
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -110,7 +114,9 @@ pub fn run() -> ExitCode {
         Command::Serve { config: file } => serve(config, file),
         Command::Queue { command } => queue(&config, command),
         Command::Plugins { command } => plugins::plugins(&config, command),
-        Command::Plugin { .. } => unreachable!("handled before the configuration is read"),
+        Command::Plugin { .. } | Command::HashPassword => {
+            unreachable!("handled before the configuration is read")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +174,61 @@ fn queue(config: &Config, command: QueueCommand) -> anyhow::Result<()> {
             std::io::stdout().write_all(found.message.as_deref().unwrap_or_default())?;
             Ok(())
         }
+    }
+}
+
+/// `weir hash-password`: the password from the terminal (not echoed) or
+/// from the first line of standard input.
+fn hash_password() -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    if terminal {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let echo = terminal.then(echo_off).flatten();
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(saved) = echo {
+        restore_echo(saved);
+        eprintln!();
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    match read {
+        Ok(_) if !password.is_empty() => {
+            println!("{}", crate::directory::hash_password(password));
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("weir: no password given");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("weir: cannot read the password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns the terminal's echo off; the previous settings, to put back.
+fn echo_off() -> Option<libc::termios> {
+    // SAFETY: tcgetattr/tcsetattr on stdin with a termios we own.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        (libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) == 0).then_some(saved)
+    }
+}
+
+fn restore_echo(saved: libc::termios) {
+    // SAFETY: as above, putting back what tcgetattr gave.
+    unsafe {
+        libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved);
     }
 }
 

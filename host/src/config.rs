@@ -49,6 +49,71 @@ pub struct Config {
     pub auth: AuthConfig,
     /// DKIM signing of outgoing mail.
     pub dkim: DkimConfig,
+    /// Where the plugins' shared state lives (counters, throttles,
+    /// greylisting): this process, or Redis for a cluster.
+    pub state: StateConfig,
+    /// Who may authenticate with SMTP AUTH.
+    pub directory: DirectoryConfig,
+}
+
+/// The users of SMTP AUTH and their password hashes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// A file of `NAME:HASH` lines (`#` starts a comment).
+    pub users_file: Option<PathBuf>,
+    /// Users by name: `{ alice = "$argon2id$..." }`; these win over the
+    /// file's.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// A SASL mechanism of SMTP AUTH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SaslMechanism {
+    /// RFC 4616: the user and password in one base64 string.
+    Plain,
+    /// The de facto LOGIN mechanism: user, then password, each asked for.
+    Login,
+}
+
+/// The backend of the plugins' `state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `memory` (this process, the default) or `redis` (shared by every
+    /// gateway pointed at the same Redis).
+    pub backend: StateBackend,
+    /// With `redis`: where it is, `redis://[:password@]host:port/db`.
+    pub url: Option<String>,
+    /// The most one operation may take; past it the plugin is told the
+    /// backend is unavailable.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Put before every key in Redis, so that several clusters can share
+    /// one.
+    pub prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Memory,
+            url: None,
+            timeout: Duration::from_millis(500),
+            prefix: "weir:".into(),
+        }
+    }
+}
+
+/// Where the state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// This process's memory.
+    Memory,
+    /// A Redis server.
+    Redis,
 }
 
 /// Email authentication of incoming mail.
@@ -438,6 +503,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "dns",
     "route",
     "plugins",
+    "state",
+    "directory",
 ];
 
 /// Spool tuning. The durability guarantee does not depend on these.
@@ -513,6 +580,15 @@ pub struct ListenerConfig {
     /// rejected (the early-talker check of Postfix's postscreen).
     #[serde(with = "humantime_serde")]
     pub greeting_delay: Duration,
+    /// SASL mechanisms offered with AUTH (RFC 4954): `"PLAIN"`,
+    /// `"LOGIN"`. Empty: no AUTH on this listener.
+    pub auth_mechanisms: Vec<SaslMechanism>,
+    /// Offer and accept AUTH only over TLS, so passwords never cross the
+    /// network in clear (Postfix's `smtpd_tls_auth_only`).
+    pub auth_require_tls: bool,
+    /// Refuse MAIL FROM with 530 5.7.0 until the client has authenticated
+    /// (a submission port, RFC 6409).
+    pub require_auth: bool,
     /// Plugins run at each hook.
     pub chains: Chains,
 }
@@ -543,6 +619,9 @@ impl Default for ListenerConfig {
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
             greeting_delay: Duration::ZERO,
+            auth_mechanisms: Vec::new(),
+            auth_require_tls: true,
+            require_auth: false,
             chains: Chains::default(),
         }
     }
@@ -562,6 +641,8 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             auth: AuthConfig::default(),
             dkim: DkimConfig::default(),
+            state: StateConfig::default(),
+            directory: DirectoryConfig::default(),
         }
     }
 }
@@ -692,6 +773,26 @@ impl Config {
                 )));
             }
         }
+        if self.state.backend == StateBackend::Redis {
+            match &self.state.url {
+                None => {
+                    return Err(ConfigError::invalid(format!(
+                        "key `state.url`{origin}: state.backend = \"redis\" needs a url (redis://host:port/db)"
+                    )));
+                }
+                Some(url) if redis::Client::open(url.as_str()).is_err() => {
+                    return Err(ConfigError::invalid(format!(
+                        "key `state.url`{origin}: {url:?} is not a Redis URL (redis://host:port/db)"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.state.timeout.is_zero() {
+            return Err(ConfigError::invalid(format!(
+                "key `state.timeout`{origin}: must be longer than zero"
+            )));
+        }
         if self.queue.max_concurrency == 0 || self.queue.max_per_destination == 0 {
             return Err(ConfigError::invalid(format!(
                 "key `queue.max_concurrency`{origin}: concurrency limits must be at least 1"
@@ -733,6 +834,27 @@ impl Config {
                 return Err(ConfigError::invalid(format!(
                     "{}: must be between 1 byte and 2 GiB",
                     key("max_message_size")
+                )));
+            }
+            if !l.auth_mechanisms.is_empty()
+                && self.directory.users.is_empty()
+                && self.directory.users_file.is_none()
+            {
+                return Err(ConfigError::invalid(format!(
+                    "{}: AUTH needs users: set directory.users_file or directory.users",
+                    key("auth_mechanisms")
+                )));
+            }
+            if !l.auth_mechanisms.is_empty() && l.auth_require_tls && l.tls == TlsMode::Off {
+                return Err(ConfigError::invalid(format!(
+                    "{}: AUTH is offered only over TLS (auth_require_tls) and this listener has tls = \"off\"",
+                    key("auth_mechanisms")
+                )));
+            }
+            if l.require_auth && l.auth_mechanisms.is_empty() {
+                return Err(ConfigError::invalid(format!(
+                    "{}: require_auth needs auth_mechanisms",
+                    key("require_auth")
                 )));
             }
             if l.command_timeout.is_zero() || l.data_timeout.is_zero() {
@@ -874,6 +996,9 @@ mod tests {
             .insert("p".into(), PluginSettings::default());
         config.plugins.cache_dir = Some("c".into());
         config.auth.authserv_id = Some("mx".into());
+        config.state.url = Some("redis://127.0.0.1/".into());
+        config.directory.users_file = Some("u".into());
+        config.directory.users.insert("alice".into(), "h".into());
         config.dkim.sign.push(DkimSignConfig {
             domain: "d".into(),
             selector: "s".into(),
@@ -888,7 +1013,10 @@ mod tests {
         let docs = include_str!("../../docs/config.md");
         let all: Vec<String> = all
             .into_iter()
-            .map(|k| k.replace("plugins.settings.p.", "plugins.settings.NAME."))
+            .map(|k| {
+                k.replace("plugins.settings.p.", "plugins.settings.NAME.")
+                    .replace("directory.users.alice", "directory.users.NAME")
+            })
             .collect();
         let missing: Vec<_> = all
             .iter()

@@ -22,9 +22,12 @@
 //! - [`auth`]: email authentication: SPF, DKIM, DMARC, ARC and iprev of
 //!   what arrives (computed when a plugin asks), DKIM signing of what
 //!   leaves.
+//! - [`directory`]: who may authenticate with SMTP AUTH.
+//! - [`state`]: the plugins' shared state (counters, throttles, values),
+//!   in this process or in Redis for a cluster.
 //!
-//! Shared state (`state`) and the admin API (`admin`) join this list as
-//! they are built; `docs/DESIGN.md` is the map.
+//! The admin API (`admin`) joins this list as it is built;
+//! `docs/DESIGN.md` is the map.
 //!
 //! Errors: each library module has its own `thiserror` enum
 //! ([`config::ConfigError`], [`queue::SpoolError`], ...); `anyhow` is used
@@ -34,6 +37,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod directory;
 pub mod listener;
 mod plugin_contract;
 pub mod plugins;
@@ -41,3 +45,4 @@ pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;
+pub mod state;

@@ -64,13 +64,17 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         delivery.resolver().clone(),
         config.authserv_id(),
     ));
+    // The plugins' shared state; Redis is connected on first use, so the
+    // gateway starts while it is down.
+    let state = crate::state::State::new(&config.state).map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(backend = %state.describe(), "state store");
     // Plugins: loaded (compiled, or taken from the cache) before anything
     // is accepted or delivered.
     let plugins = Arc::new(Runtime::new(
         &config.plugins,
         crate::plugins::Services {
             resolver: Some(delivery.resolver().clone()),
-            state: Default::default(),
+            state: Arc::new(state),
             authserv_id: config.authserv_id(),
         },
         Some(cache_dir(&config)),
@@ -87,6 +91,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         shutdown.clone(),
         done_tx.clone(),
     );
+    let directory = Arc::new(crate::directory::Directory::load(&config.directory)?);
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let ctx = Arc::new(ListenerContext {
@@ -99,6 +104,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             queue: queue.clone(),
             plugins: Some(plugins.clone()),
             auth: Some(auth.clone()),
+            directory: Some(directory.clone()),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }

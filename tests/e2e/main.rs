@@ -18,4 +18,5 @@ mod real_clients;
 mod receive;
 mod shutdown;
 mod spf_suite;
+mod submission;
 mod tls;

@@ -539,11 +539,12 @@ impl Delivery {
     fn signs(&self, job: &Job) -> bool {
         let client = &job.envelope.client;
         !self.signer.is_empty()
-            && self
-                .listeners
-                .iter()
-                .find(|l| l.name == client.listener)
-                .is_some_and(|l| l.may_relay(client.addr.ip()))
+            && (client.authenticated_user.is_some()
+                || self
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == client.listener)
+                    .is_some_and(|l| l.may_relay(client.addr.ip())))
     }
 
     /// Runs the pre-delivery chain of the listener the message came in on.
@@ -697,6 +698,7 @@ fn plugin_context(job: &Job) -> Arc<crate::plugins::Context> {
     Arc::new(crate::plugins::Context {
         helo: Some(client.helo.clone()),
         tls: client.tls.clone(),
+        authenticated_user: client.authenticated_user.clone(),
         queue_id: Some(job.id.to_string()),
         sender: Some(job.envelope.sender.clone()),
         recipients: job

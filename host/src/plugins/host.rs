@@ -12,8 +12,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::message::MessageView;
-use super::state::StateStore;
 use crate::config::Grant;
+use crate::state::State;
 
 /// Bindings generated from `wit/plugin.wit`. DNS and state are async host
 /// functions (they wait on the network, or on Redis later); the rest are
@@ -60,7 +60,7 @@ pub struct Services {
     /// The gateway's resolver (the one delivery uses), if DNS is set up.
     pub resolver: Option<TokioResolver>,
     /// The `state` store.
-    pub state: Arc<StateStore>,
+    pub state: Arc<State>,
     /// The gateway's authserv-id (Authentication-Results).
     pub authserv_id: String,
 }
@@ -370,39 +370,61 @@ impl dns::Host for HostState {
 
 type StateResult<T> = Trappable<Result<T, state::StateError>>;
 
+impl HostState {
+    /// Runs a state operation if the plugin may, counting its wait as
+    /// waiting (Redis is on the network) and handing a backend failure to
+    /// the plugin as `unavailable`.
+    async fn stateful<T, F>(&mut self, op: impl FnOnce(Arc<State>, Arc<str>) -> F) -> StateResult<T>
+    where
+        F: std::future::Future<Output = Result<T, crate::state::StateError>>,
+    {
+        if !self.granted(Grant::State) {
+            return Ok(Err(state::StateError::Denied));
+        }
+        let work = op(self.services.state.clone(), self.plugin.clone());
+        Ok(self.waiting(work).await?.map_err(|e| match e {
+            crate::state::StateError::Unavailable(why) => state::StateError::Unavailable(why),
+        }))
+    }
+}
+
 impl state::Host for HostState {
     async fn incr(&mut self, key: String, by: u64, window: u32) -> StateResult<u64> {
-        if !self.granted(Grant::State) {
-            return Ok(Err(state::StateError::Denied));
-        }
         let window = Duration::from_secs(u64::from(window.max(1)));
-        Ok(Ok(self.services.state.incr(&self.plugin, &key, by, window)))
+        self.stateful(|s, p| async move { s.incr(&p, &key, by, window).await })
+            .await
+    }
+    async fn throttle(
+        &mut self,
+        key: String,
+        cost: u64,
+        limit: u64,
+        window_ms: u64,
+    ) -> StateResult<state::Throttled> {
+        let window = Duration::from_millis(window_ms.max(1));
+        self.stateful(|s, p| async move {
+            let t = s.throttle(&p, &key, cost, limit, window).await?;
+            Ok(state::Throttled {
+                allowed: t.allowed,
+                remaining: t.remaining,
+                retry_after_ms: t.retry_after.as_millis() as u64,
+            })
+        })
+        .await
     }
     async fn get(&mut self, key: String) -> StateResult<Option<Vec<u8>>> {
-        if !self.granted(Grant::State) {
-            return Ok(Err(state::StateError::Denied));
-        }
-        Ok(Ok(self.services.state.get(&self.plugin, &key)))
+        self.stateful(|s, p| async move { s.get(&p, &key).await })
+            .await
     }
     async fn set(&mut self, key: String, value: Vec<u8>, ttl: u32) -> StateResult<()> {
-        if !self.granted(Grant::State) {
-            return Ok(Err(state::StateError::Denied));
-        }
         let ttl = Duration::from_secs(u64::from(ttl));
-        self.services.state.set(&self.plugin, &key, value, ttl);
-        Ok(Ok(()))
+        self.stateful(|s, p| async move { s.set(&p, &key, value, ttl).await })
+            .await
     }
     async fn set_if_absent(&mut self, key: String, value: Vec<u8>, ttl: u32) -> StateResult<bool> {
-        if !self.granted(Grant::State) {
-            return Ok(Err(state::StateError::Denied));
-        }
         let ttl = Duration::from_secs(u64::from(ttl));
-        Ok(Ok(self.services.state.set_if_absent(
-            &self.plugin,
-            &key,
-            value,
-            ttl,
-        )))
+        self.stateful(|s, p| async move { s.set_if_absent(&p, &key, value, ttl).await })
+            .await
     }
 }
 

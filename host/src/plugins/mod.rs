@@ -21,7 +21,6 @@ mod cache;
 mod host;
 pub mod message;
 mod pool;
-pub mod state;
 pub mod stats;
 
 pub use host::bindings as host_bindings;

@@ -112,6 +112,9 @@ pub struct ClientInfo {
     pub listener: String,
     /// TLS parameters if the session was encrypted.
     pub tls: Option<TlsInfo>,
+    /// The user the client authenticated as (SMTP AUTH), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated_user: Option<String>,
 }
 
 /// TLS parameters of a session, for the Received header and the logs.

@@ -617,6 +617,7 @@ async fn store_dsn(
             helo: hostname.to_string(),
             listener: "dsn".into(),
             tls: None,
+            authenticated_user: None,
         },
         received_at: chrono::Utc::now().timestamp(),
         size: bytes.len() as u64,

@@ -827,6 +827,7 @@ mod tests {
                 helo: "client".into(),
                 listener: "test".into(),
                 tls: None,
+                authenticated_user: None,
             },
             received_at: 0,
             size: 5,

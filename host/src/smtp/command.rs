@@ -55,6 +55,8 @@ pub const RULES: &[Rule] = &[
     rule("VRFY", false, true, BASE_LINE),
     rule("EXPN", false, true, BASE_LINE),
     rule("HELP", true, false, BASE_LINE),
+    // RFC 4954 4: the client waits for each 334 before it answers.
+    rule("AUTH", false, true, MAX_LINE),
 ];
 
 /// Rules for unknown verbs: strictest.

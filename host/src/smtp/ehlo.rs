@@ -49,6 +49,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             lines.push("STARTTLS".into());
         }
+        let mechanisms = &self.ctx.config.auth_mechanisms;
+        if !mechanisms.is_empty() && (self.tls.is_some() || !self.ctx.config.auth_require_tls) {
+            let names: Vec<&str> = mechanisms
+                .iter()
+                .map(|m| match m {
+                    crate::config::SaslMechanism::Plain => "PLAIN",
+                    crate::config::SaslMechanism::Login => "LOGIN",
+                })
+                .collect();
+            lines.push(format!("AUTH {}", names.join(" ")));
+        }
         lines.push("HELP".into());
         self.respond(Reply::plain(250, lines.join("\n")))
     }

@@ -26,8 +26,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.txn.is_some() {
             return self.error(Reply::bad_sequence("Error: nested MAIL command"));
         }
+        if self.ctx.config.require_auth && self.authenticated.is_none() {
+            return self.error(Reply::auth_required());
+        }
+        // AUTH= (RFC 4954 5) is taken where AUTH is offered, and its claim
+        // ignored: only our own AUTH says who a client is.
         if from.flags & UNANNOUNCED != 0
-            || from.auth.is_some()
+            || (from.auth.is_some() && self.ctx.config.auth_mechanisms.is_empty())
             || from.trans_id.is_some()
             || from.solicit.is_some()
             || from.mtrk.is_some()

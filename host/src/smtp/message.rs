@@ -158,6 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             by: self.host(),
             esmtp: self.esmtp,
             smtputf8: txn.smtputf8,
+            authenticated: self.authenticated.is_some(),
             tls: self.tls.as_ref(),
             id: txn.id,
             single_recipient: match txn.recipients.as_slice() {
@@ -195,6 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 helo: self.helo.clone().unwrap_or_default(),
                 listener: self.ctx.config.name.clone(),
                 tls: self.tls.clone(),
+                authenticated_user: self.authenticated.clone(),
             },
             received_at: chrono::Utc::now().timestamp(),
             size: message.len() as u64,

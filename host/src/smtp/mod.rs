@@ -14,9 +14,11 @@
 //!
 //! Standards: RFC 5321 (SMTP), 1870 (SIZE), 2034 and 3463 (enhanced status
 //! codes), 2920 (PIPELINING), 3030 (CHUNKING), 3207 (STARTTLS), 3461 (DSN
-//! parameters), 6152 (8BITMIME), 6531 (SMTPUTF8).
+//! parameters), 4954 (AUTH) with 4616 (PLAIN), 6152 (8BITMIME), 6531
+//! (SMTPUTF8).
 
 mod address;
+mod auth;
 pub mod command;
 pub mod conn;
 pub mod data;

@@ -41,10 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let domain = address::domain(&address);
         let ours = domain.eq_ignore_ascii_case(self.host())
             && address.to_ascii_lowercase().starts_with("postmaster@");
-        if !ours
-            && !self.ctx.config.is_local_domain(domain)
-            && !self.ctx.config.may_relay(self.peer.ip())
-        {
+        if !ours && !self.ctx.config.is_local_domain(domain) && !self.may_relay() {
             tracing::info!(peer = %self.peer, rcpt = %address, "relay access denied");
             return self.error(Reply::relay_denied(&address));
         }

@@ -25,6 +25,8 @@ pub struct Stamp<'a> {
     pub esmtp: bool,
     /// SMTPUTF8 was used.
     pub smtputf8: bool,
+    /// The client authenticated (SMTP AUTH).
+    pub authenticated: bool,
     /// TLS parameters.
     pub tls: Option<&'a TlsInfo>,
     /// The queue id.
@@ -44,13 +46,19 @@ impl Stamp<'_> {
             },
             v4 => v4.to_string(),
         };
-        let protocol = match (self.smtputf8, self.esmtp, self.tls.is_some()) {
+        let base = match (self.smtputf8, self.esmtp, self.tls.is_some()) {
             (true, _, false) => "UTF8SMTP",
             (true, _, true) => "UTF8SMTPS",
             (false, true, true) => "ESMTPS",
             (false, true, false) => "ESMTP",
             (false, false, true) => "SMTPS",
             (false, false, false) => "SMTP",
+        };
+        // RFC 3848: an "A" for an authenticated session (AUTH needs EHLO).
+        let protocol = if self.authenticated {
+            format!("{base}A")
+        } else {
+            base.to_string()
         };
         // The HELO name is the client's claim: keep it out of the comment's
         // syntax by dropping parentheses and backslashes.

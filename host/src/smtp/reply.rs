@@ -273,6 +273,55 @@ impl Reply {
         )
     }
 
+    /// AUTH succeeded (RFC 4954 6).
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+    }
+
+    /// A SASL challenge (RFC 4954 4): `334 BASE64`, no enhanced code.
+    pub fn auth_challenge(base64: &'static str) -> Reply {
+        Reply::plain(334, base64)
+    }
+
+    /// Wrong user or password (RFC 4954 6).
+    pub fn auth_failed() -> Reply {
+        Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
+    }
+
+    /// AUTH before TLS where the listener wants TLS first (RFC 4954 6).
+    pub fn auth_needs_tls() -> Reply {
+        Reply::new(
+            538,
+            Enhanced(5, 7, 11),
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+
+    /// The client gave up the exchange with `*` (RFC 4954 4).
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, Enhanced(5, 0, 0), "Authentication cancelled")
+    }
+
+    /// A SASL response that is not base64, or not what the mechanism
+    /// expects (RFC 4954 4).
+    pub fn auth_malformed() -> Reply {
+        Reply::new(
+            501,
+            Enhanced(5, 5, 2),
+            "Cannot decode the authentication response",
+        )
+    }
+
+    /// A mechanism this listener does not offer (RFC 4954 4).
+    pub fn auth_unknown_mechanism() -> Reply {
+        Reply::new(504, Enhanced(5, 5, 4), "Unrecognized authentication type")
+    }
+
+    /// MAIL before AUTH on a listener that requires it (RFC 4954 6).
+    pub fn auth_required() -> Reply {
+        Reply::new(530, Enhanced(5, 7, 0), "Authentication required")
+    }
+
     /// SMTPUTF8 used without being asked for (RFC 6531 3.4).
     pub fn utf8_not_requested() -> Reply {
         Reply::new(

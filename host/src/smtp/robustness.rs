@@ -110,6 +110,7 @@ async fn random_input_never_breaks_the_session() {
         queue: QueueHandle::detached(),
         plugins: None,
         auth: None,
+        directory: None,
     });
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -32,6 +32,8 @@ pub struct ListenerContext {
     pub plugins: Option<Arc<crate::plugins::Runtime>>,
     /// Email authentication checks, for the plugins that ask.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Who may authenticate with SMTP AUTH (`None`: nobody).
+    pub directory: Option<Arc<crate::directory::Directory>>,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
@@ -76,6 +78,8 @@ pub struct Session<S> {
     pub(super) helo: Option<String>,
     /// EHLO (not HELO) was used: extensions, pipelining included, are on.
     pub(super) esmtp: bool,
+    /// The user the client authenticated as (SMTP AUTH).
+    pub(super) authenticated: Option<String>,
     pub(super) txn: Option<Transaction>,
     /// The plugins and chains this session started with: a reload does
     /// not change them under it.
@@ -105,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tls,
             helo: None,
             esmtp: false,
+            authenticated: None,
             txn: None,
             errors: 0,
             shutdown,
@@ -197,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         true
     }
 
-    async fn next_line(&mut self) -> Result<Line, ReadError> {
+    pub(super) async fn next_line(&mut self) -> Result<Line, ReadError> {
         loop {
             if let Some(line) = self.conn.take_line(command::MAX_LINE) {
                 return Ok(line);
@@ -208,7 +213,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Says goodbye in the way the end calls for.
-    fn ended(&mut self, end: ReadError) {
+    pub(super) fn ended(&mut self, end: ReadError) {
         match end {
             ReadError::Timeout => {
                 tracing::info!(peer = %self.peer, "timeout");
@@ -305,11 +310,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Vrfy { .. } => self.respond(Reply::cannot_verify()),
             Request::Help { .. } => self.respond(Reply::help()),
             Request::StartTls => self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
             Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. }
-            | Request::Auth { .. }
             | Request::Lhlo { .. } => self.error(Reply::new(
                 502,
                 super::reply::Enhanced(5, 5, 1),
@@ -339,6 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Arc::new(crate::plugins::Context {
             helo: self.helo.clone(),
             tls: self.tls.clone(),
+            authenticated_user: self.authenticated.clone(),
             queue_id: txn.map(|t| t.id.to_string()),
             sender: txn.map(|t| t.sender.clone()),
             recipients: txn
@@ -374,6 +383,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(Step::Close)
             }
         }
+    }
+
+    /// Whether this client may send to any domain: its address is a relay
+    /// client's, or it authenticated.
+    pub(super) fn may_relay(&self) -> bool {
+        self.authenticated.is_some() || self.ctx.config.may_relay(self.peer.ip())
     }
 
     /// The timeout for reading message data.

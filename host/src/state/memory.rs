@@ -1,12 +1,6 @@
-//! The `state` import's store: counters and values that outlive a plugin
-//! call, shared by every instance and every connection of this gateway.
-//!
-//! This is the embedded backend (process memory); a Redis backend for
-//! clusters comes with the rate-limit issue and keeps these semantics:
-//! - a counter is a fixed window, started by its first increment and reset
-//!   `window` later (what `INCR` + `EXPIRE` gives in Redis);
-//! - a value lives until its TTL runs out (0: forever);
-//! - keys are scoped to the plugin, so two plugins never see each other's.
+//! The embedded backend: this process's memory, shared by every instance
+//! and every connection of this gateway, gone at restart. The semantics
+//! are the module's (see [`super`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,14 +11,25 @@ const SWEEP_EVERY: u32 = 4096;
 
 /// The in-memory store.
 #[derive(Default)]
-pub struct StateStore {
+pub struct Memory {
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     entries: HashMap<(String, String), Entry>,
     ops: u32,
+    /// Throttles keep their times as ms since this instant.
+    epoch: Instant,
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner {
+            entries: HashMap::new(),
+            ops: 0,
+            epoch: Instant::now(),
+        }
+    }
 }
 
 enum Entry {
@@ -36,18 +41,23 @@ enum Entry {
         bytes: Vec<u8>,
         until: Option<Instant>,
     },
+    /// A throttle's theoretical arrival time, in ms since `epoch`.
+    Throttle {
+        tat: f64,
+        until: Instant,
+    },
 }
 
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         match self {
-            Entry::Counter { until, .. } => *until > now,
+            Entry::Counter { until, .. } | Entry::Throttle { until, .. } => *until > now,
             Entry::Value { until, .. } => until.is_none_or(|u| u > now),
         }
     }
 }
 
-impl StateStore {
+impl Memory {
     /// Adds `by` to `plugin`'s counter `key` and returns the new total; a
     /// counter older than `window` starts again from zero.
     pub fn incr(&self, plugin: &str, key: &str, by: u64, window: Duration) -> u64 {
@@ -76,6 +86,32 @@ impl StateStore {
         }
     }
 
+    /// Counts `cost` events against `limit` per `window` (GCRA).
+    pub fn throttle(
+        &self,
+        plugin: &str,
+        key: &str,
+        cost: u64,
+        limit: u64,
+        window: Duration,
+    ) -> super::Throttle {
+        let now = Instant::now();
+        let mut inner = self.lock(now);
+        let at = |i: Instant| i.duration_since(inner.epoch).as_secs_f64() * 1000.0;
+        let now_ms = at(now);
+        let k = (plugin.to_string(), key.to_string());
+        let tat = match inner.entries.get(&k) {
+            Some(Entry::Throttle { tat, until }) if *until > now => Some(*tat),
+            _ => None,
+        };
+        let (verdict, next) = super::gcra(tat, now_ms, cost, limit, window.as_secs_f64() * 1000.0);
+        if let Some(tat) = next {
+            let until = now + Duration::from_secs_f64(((tat - now_ms) / 1000.0).max(0.0));
+            inner.entries.insert(k, Entry::Throttle { tat, until });
+        }
+        verdict
+    }
+
     /// The live value of `plugin`'s `key`.
     pub fn get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
@@ -85,6 +121,7 @@ impl StateStore {
             Some(e @ Entry::Counter { total, .. }) if e.live(now) => {
                 Some(total.to_string().into_bytes())
             }
+            // A throttle's timestamp means nothing to a reader.
             _ => None,
         }
     }
@@ -137,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_counter_counts_within_its_window_and_starts_again_after() {
-        let s = StateStore::default();
+        let s = Memory::default();
         let w = Duration::from_millis(50);
         assert_eq!(s.incr("p", "k", 1, w), 1);
         assert_eq!(s.incr("p", "k", 2, w), 3);
@@ -149,7 +186,7 @@ mod tests {
 
     #[test]
     fn values_expire_and_set_if_absent_is_once_only() {
-        let s = StateStore::default();
+        let s = Memory::default();
         assert!(s.set_if_absent("p", "grey", b"1".to_vec(), Duration::from_millis(50)));
         assert!(!s.set_if_absent("p", "grey", b"2".to_vec(), Duration::ZERO));
         assert_eq!(s.get("p", "grey").as_deref(), Some(&b"1"[..]));
