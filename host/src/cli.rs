@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// The messages plugins quarantined: list, show, release, delete.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// The plugins the configuration loads, and reloading them.
     Plugins {
         #[command(subcommand)]
@@ -81,6 +86,58 @@ enum QueueCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List the quarantined messages, one per line: queue id, when, size,
+    /// sender, recipients, the plugin and its reason.
+    Ls {
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One JSON description per line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one quarantined message as it was held.
+    Show {
+        /// The queue id, as `quarantine ls` shows it.
+        id: String,
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Deliver quarantined messages: the running gateway takes them at
+    /// once, a stopped one at its next start.
+    Release {
+        /// Queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Delete quarantined messages for good.
+    Delete {
+        /// Queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Configuration file (TOML), for the data directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+impl QuarantineCommand {
+    fn config_file(&self) -> &Option<PathBuf> {
+        match self {
+            QuarantineCommand::Ls { config, .. }
+            | QuarantineCommand::Show { config, .. }
+            | QuarantineCommand::Release { config, .. }
+            | QuarantineCommand::Delete { config, .. } => config,
+        }
+    }
+}
+
 /// Runs the command line; returns the process exit status.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -96,6 +153,7 @@ pub fn run() -> ExitCode {
             command: QueueCommand::Ls { config, .. } | QueueCommand::Cat { config, .. },
         } => config,
         Command::Plugins { command } => command.config_file(),
+        Command::Quarantine { command } => command.config_file(),
         Command::Plugin { .. } | Command::HashPassword => unreachable!("handled above"),
     };
     let config = match Config::load(config_path.as_deref()) {
@@ -113,6 +171,7 @@ pub fn run() -> ExitCode {
         }
         Command::Serve { config: file } => serve(config, file),
         Command::Queue { command } => queue(&config, command),
+        Command::Quarantine { command } => quarantine(&config, command),
         Command::Plugins { command } => plugins::plugins(&config, command),
         Command::Plugin { .. } | Command::HashPassword => {
             unreachable!("handled before the configuration is read")
@@ -229,6 +288,66 @@ fn restore_echo(saved: libc::termios) {
     // SAFETY: as above, putting back what tcgetattr gave.
     unsafe {
         libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved);
+    }
+}
+
+fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<()> {
+    let q = crate::queue::quarantine::Quarantine::new(&config.data_dir);
+    match command {
+        QuarantineCommand::Ls { json, .. } => {
+            for h in q.list()? {
+                if json {
+                    println!("{}", serde_json::to_string(&h)?);
+                    continue;
+                }
+                let e = &h.envelope;
+                let when = chrono::DateTime::from_timestamp(h.held_at, 0)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let rcpts: Vec<&str> = e.recipients.iter().map(|r| r.address.as_str()).collect();
+                println!(
+                    "{} {when} {:>8} <{}> {}  [{} at {}: {}]",
+                    e.id,
+                    e.size,
+                    e.sender,
+                    rcpts.join(" "),
+                    h.plugin,
+                    h.hook,
+                    h.reason
+                );
+            }
+            Ok(())
+        }
+        QuarantineCommand::Show { id, .. } => {
+            let (_, bytes) = q.get(&id)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+            Ok(())
+        }
+        QuarantineCommand::Release { ids, .. } => {
+            for id in &ids {
+                q.release(id)?;
+            }
+            match crate::server::signal_gateway(&config.data_dir, libc::SIGUSR1)? {
+                Some(pid) => println!(
+                    "released {}; the gateway (process {pid}) delivers them now",
+                    ids.join(" ")
+                ),
+                None => println!(
+                    "released {}; no gateway runs on {}: they are delivered at its next start",
+                    ids.join(" "),
+                    config.data_dir.display()
+                ),
+            }
+            Ok(())
+        }
+        QuarantineCommand::Delete { ids, .. } => {
+            for id in &ids {
+                q.delete(id)?;
+            }
+            println!("deleted {}", ids.join(" "));
+            Ok(())
+        }
     }
 }
 

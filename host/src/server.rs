@@ -105,6 +105,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             plugins: Some(plugins.clone()),
             auth: Some(auth.clone()),
             directory: Some(directory.clone()),
+            quarantine: crate::queue::quarantine::Quarantine::new(&config.data_dir),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }
@@ -117,6 +118,13 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
         tokio::spawn(l.run());
     }
 
+    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    tokio::spawn(releaser(
+        crate::queue::quarantine::Quarantine::new(&config.data_dir),
+        spool.clone(),
+        queue.clone(),
+        release_rx,
+    ));
     let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     tokio::spawn(reloader(plugins.clone(), config_file.clone(), reload_rx));
     if config.plugins.watch {
@@ -127,7 +135,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             reload_tx.clone(),
         ));
     }
-    signals.wait(reload_tx).await;
+    signals.wait(reload_tx, release_tx).await;
     tracing::info!("shutting down: no new connections; sessions finish their current command");
     trigger.fire();
     if tokio::time::timeout(DRAIN_DEADLINE, done_rx.recv())
@@ -236,6 +244,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -245,11 +254,17 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
-    /// Returns at SIGTERM or SIGINT; turns each SIGHUP into a reload.
-    async fn wait(mut self, reload: mpsc::UnboundedSender<Reload>) {
+    /// Returns at SIGTERM or SIGINT; turns each SIGHUP into a reload and
+    /// each SIGUSR1 into a look at the quarantine's released messages.
+    async fn wait(
+        mut self,
+        reload: mpsc::UnboundedSender<Reload>,
+        release: mpsc::UnboundedSender<()>,
+    ) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
@@ -257,7 +272,84 @@ impl Signals {
                 _ = self.hup.recv() => {
                     let _ = reload.send(Reload::Signal);
                 }
+                _ = self.usr1.recv() => {
+                    let _ = release.send(());
+                }
             }
         }
+    }
+}
+
+/// Sends `signal` to the gateway running on `data_dir` (the pid in its
+/// `weir.pid`); `Ok(None)` when none runs there.
+pub fn signal_gateway(data_dir: &Path, signal: i32) -> anyhow::Result<Option<i32>> {
+    let pid_file = data_dir.join(PID_FILE);
+    let text = match std::fs::read_to_string(&pid_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", pid_file.display()),
+    };
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} does not hold a process id", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid and a signal number; no memory.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            // A pid file left by a gateway that was killed.
+            return Ok(None);
+        }
+        anyhow::bail!("cannot signal process {pid}: {e}");
+    }
+    Ok(Some(pid))
+}
+
+/// Stores the messages released from the quarantine in the spool, under
+/// new queue ids, and hands them to delivery: at start, then whenever
+/// asked (SIGUSR1 from `weir quarantine release`).
+async fn releaser(
+    quarantine: crate::queue::quarantine::Quarantine,
+    spool: Spool,
+    queue: crate::queue::QueueHandle,
+    mut requests: mpsc::UnboundedReceiver<()>,
+) {
+    loop {
+        match quarantine.released() {
+            Ok(released) => {
+                for (path, held, message) in released {
+                    let mut envelope = held.envelope;
+                    let was = envelope.id;
+                    envelope.id = spool.next_id();
+                    envelope.size = message.len() as u64;
+                    match spool.store(&envelope, message).await {
+                        Ok(location) => {
+                            tracing::info!(queue_id = %envelope.id, was = %was, recipients = envelope.recipients.len(), "released from the quarantine");
+                            if let Err(e) = quarantine.forget(&path) {
+                                tracing::error!(error = %e, "released message stored, but its quarantine file stays (it will be released again)");
+                            }
+                            queue.submit(crate::queue::StoredMessage {
+                                states: vec![
+                                    crate::queue::RcptState::new();
+                                    envelope.recipients.len()
+                                ],
+                                envelope,
+                                location,
+                                message: None,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!(was = %was, error = %e, "released message not stored; it stays released and is tried again");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the quarantine's released messages"),
+        }
+        if requests.recv().await.is_none() {
+            return;
+        }
+        // Requests that queued up meanwhile are served by this look.
+        while requests.try_recv().is_ok() {}
     }
 }

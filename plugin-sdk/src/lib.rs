@@ -110,6 +110,51 @@ pub trait Plugin {
     fn on_delivery_result(_outcomes: Vec<DeliveryOutcome>) {}
 }
 
+/// Durations as operators write them in a plugin's configuration.
+pub mod time {
+    use std::time::Duration;
+
+    /// Parses `"90s"`, `"5m"`, `"2h"`, `"1d"`, `"250ms"` or a whole number
+    /// of seconds (`"30"`).
+    pub fn parse_duration(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (e.g. \"90s\", \"5m\", \"1h\")"))?;
+        let ms = match unit.trim() {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h, d)")),
+        };
+        n.checked_mul(ms)
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn durations_parse_with_their_units() {
+            assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+            assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+            assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+            assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+            assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+            assert!(parse_duration("5 minutes").is_err());
+            assert!(parse_duration("m").is_err());
+        }
+    }
+}
+
 impl Reply {
     /// A 5xx refusal: `Reply::reject(550, "5.7.1", "not here")`.
     pub fn reject(code: u16, enhanced: &str, text: &str) -> Verdict {

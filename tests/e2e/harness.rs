@@ -268,6 +268,30 @@ impl Client {
         }
     }
 
+    /// Connects from `source` (any 127.x.y.z: all of 127/8 is loopback),
+    /// and checks the greeting: tests of per-client and per-network
+    /// policy need more than one client address.
+    pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Client {
+        let mut c = Client::connect_raw_from(addr, source);
+        let greeting = c.read_reply();
+        assert_eq!(greeting.code, 220, "greeting: {greeting:?}");
+        c
+    }
+
+    /// Connects from `source` without reading the greeting.
+    pub fn connect_raw_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> Client {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects and checks the 220 greeting.
     pub fn connect(addr: SocketAddr) -> Client {
         let mut c = Client::connect_raw(addr);

@@ -3,17 +3,21 @@
 
 mod dns;
 mod harness;
+mod redis;
 mod sink;
 
+mod antispam;
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod pipelining;
 mod plugins;
 mod polyglot;
 mod postfix;
+mod ratelimit;
 mod real_clients;
 mod receive;
 mod shutdown;

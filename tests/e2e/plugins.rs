@@ -10,11 +10,13 @@ use crate::sink::{Sink, SinkOptions};
 
 /// The plugin crates the tests use, built together once per test run.
 const CRATES: &[&str] = &[
+    "weir-plugin-antispam",
     "weir-plugin-auth-policy",
     "weir-plugin-block-recipients",
     "weir-plugin-example-policy",
     "weir-plugin-example-filter",
     "weir-plugin-noop",
+    "weir-plugin-ratelimit",
     "weir-plugin-test-echo",
     "weir-plugin-test-faults",
     "weir-plugin-test-unknown-import",

@@ -134,26 +134,15 @@ pub(super) fn plugins(config: &Config, command: PluginsCommand) -> anyhow::Resul
             Ok(())
         }
         PluginsCommand::Reload { .. } => {
-            let pid_file = config.data_dir.join(crate::server::PID_FILE);
-            let pid: i32 = std::fs::read_to_string(&pid_file)
-                .map_err(|e| {
+            let pid = crate::server::signal_gateway(&config.data_dir, libc::SIGHUP)?.ok_or_else(
+                || {
                     anyhow::anyhow!(
-                        "cannot read {} (is the gateway running?): {e}",
-                        pid_file.display()
+                        "no gateway runs on {} (no {})",
+                        config.data_dir.display(),
+                        crate::server::PID_FILE
                     )
-                })?
-                .trim()
-                .parse()
-                .map_err(|_| {
-                    anyhow::anyhow!("{} does not hold a process id", pid_file.display())
-                })?;
-            // SAFETY: kill(2) with a pid and a signal number; no memory.
-            if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-                anyhow::bail!(
-                    "cannot signal process {pid}: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+                },
+            )?;
             println!("reload requested (process {pid}); the gateway's log says how it went");
             Ok(())
         }

@@ -164,6 +164,8 @@ pub struct Delivery {
     /// The plugins, for the pre-delivery and delivery-result hooks (set
     /// once, before the queue manager starts).
     plugins: std::sync::OnceLock<Arc<crate::plugins::Runtime>>,
+    /// Where a pre-delivery plugin's quarantine puts a copy.
+    quarantine: crate::queue::quarantine::Quarantine,
 }
 
 /// What the pre-delivery chain decided for a job.
@@ -208,6 +210,7 @@ impl Delivery {
             signer,
             listeners: config.listeners.clone(),
             plugins: std::sync::OnceLock::new(),
+            quarantine: crate::queue::quarantine::Quarantine::new(&config.data_dir),
         })
     }
 
@@ -602,10 +605,35 @@ impl Delivery {
                 )));
             }
             Outcome::Quarantine { plugin, reason } => {
-                tracing::warn!(queue_id = %job.id, plugin, reason, "quarantine asked for but not available; delivery deferred");
-                return PreDelivery::Settled(RcptOutcome::Temporary(
-                    "451 4.7.0 held for review".into(),
-                ));
+                // A copy for this attempt's recipients goes to the
+                // quarantine; for the queue they are done.
+                let mut envelope = (*job.envelope).clone();
+                envelope.recipients = job
+                    .rcpts
+                    .iter()
+                    .map(|&i| job.envelope.recipients[i].clone())
+                    .collect();
+                let held = crate::queue::quarantine::Held {
+                    envelope,
+                    reason: reason.clone(),
+                    plugin: plugin.clone(),
+                    hook: "pre-delivery".into(),
+                    held_at: chrono::Utc::now().timestamp(),
+                };
+                return match self.quarantine.hold(held, view.raw().to_vec()).await {
+                    Ok(()) => {
+                        tracing::info!(queue_id = %job.id, plugin, reason, "quarantined before delivery");
+                        PreDelivery::Settled(RcptOutcome::Delivered(format!(
+                            "250 2.0.0 held in the quarantine by plugin {plugin}"
+                        )))
+                    }
+                    Err(e) => {
+                        tracing::error!(queue_id = %job.id, error = %e, "quarantine write failed; delivery deferred");
+                        PreDelivery::Settled(RcptOutcome::Temporary(format!(
+                            "451 4.3.0 cannot write the quarantine: {e}"
+                        )))
+                    }
+                };
             }
         }
         let edited = match crate::plugins::message::apply(&view, &result.mutations) {

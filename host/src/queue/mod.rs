@@ -11,6 +11,7 @@
 
 pub mod envelope;
 pub mod manager;
+pub mod quarantine;
 pub mod spool;
 
 pub use envelope::{

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::data::{DotReader, has_bare_line_ending};
 use super::received::Stamp;
-use super::reply::{Enhanced, Reply};
+use super::reply::Reply;
 use super::session::{Session, Step, Transaction};
 use crate::plugins::message::{EnvelopeChanges, MessageView, apply};
 use crate::queue::{Envelope, Recipient};
@@ -172,16 +172,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn store(&mut self, mut txn: Transaction, message: Vec<u8>) -> Step {
         let mut changes = crate::plugins::message::EnvelopeChanges::default();
-        let message = if self
+        let (message, quarantine) = if self
             .plugins
             .has_chain(&self.ctx.config.name, crate::plugins::Hook::Data)
         {
             match self.data_chain(&mut txn, message, &mut changes).await {
-                Ok(message) => message,
+                Ok(kept) => kept,
                 Err(step) => return step,
             }
         } else {
-            message
+            (message, None)
         };
         let envelope = Envelope {
             id: txn.id,
@@ -203,6 +203,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             route: changes.route,
             require_tls: changes.require_tls,
         };
+        if let Some((plugin, reason)) = quarantine {
+            return self.hold(envelope, message, plugin, reason).await;
+        }
         match self.ctx.spool.store(&envelope, message).await {
             Ok(location) => {
                 tracing::info!(
@@ -231,15 +234,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Keeps a message a plugin quarantined: on disk and fsynced, then 250
+    /// (the client is not told: its message is accepted, only not
+    /// delivered until an operator releases it).
+    async fn hold(
+        &mut self,
+        envelope: Envelope,
+        message: Vec<u8>,
+        plugin: String,
+        reason: String,
+    ) -> Step {
+        let id = envelope.id;
+        let held = crate::queue::quarantine::Held {
+            envelope,
+            reason,
+            plugin,
+            hook: "data".into(),
+            held_at: chrono::Utc::now().timestamp(),
+        };
+        let (who, why) = (held.plugin.clone(), held.reason.clone());
+        match self.ctx.quarantine.hold(held, message).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %id, peer = %self.peer, plugin = who, reason = why, "quarantined");
+                self.respond(Reply::queued(id))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "quarantine write failed; client told to retry");
+                self.respond(Reply::spool_failure())
+            }
+        }
+    }
+
     /// Runs the data chain on the message and applies what it decided:
-    /// the message (possibly changed) to store, or the step to take
+    /// the message (possibly changed) to store, and whether it goes to
+    /// the quarantine (the plugin and its reason); or the step to take
     /// instead.
     async fn data_chain(
         &mut self,
         txn: &mut Transaction,
         message: Vec<u8>,
         changes: &mut EnvelopeChanges,
-    ) -> Result<Vec<u8>, Step> {
+    ) -> Result<(Vec<u8>, Option<(String, String)>), Step> {
         use crate::plugins::{HookArgs, Outcome};
         let view = Arc::new(MessageView::new(Arc::new(message)));
         if let Some(auth) = &txn.auth {
@@ -253,6 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .run(&context, HookArgs::Data(view.clone()))
             .await;
         let id = txn.id;
+        let mut quarantine = None;
         match result.outcome {
             Outcome::Continue => {}
             Outcome::Refuse(reply) => {
@@ -268,17 +304,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tracing::info!(queue_id = %id, peer = %self.peer, plugin, "message discarded by a plugin");
                 return Err(self.respond(Reply::queued(id)));
             }
-            Outcome::Quarantine { plugin, reason } => {
-                // The quarantine area comes with the anti-spam issue; until
-                // then the message stays with the sender rather than being
-                // delivered or lost.
-                tracing::warn!(queue_id = %id, plugin, reason, "quarantine asked for but not available; message refused for now");
-                return Err(self.error(Reply::new(
-                    451,
-                    Enhanced(4, 7, 0),
-                    "Message held for review; try again later",
-                )));
-            }
+            // Held with the chain's changes applied (headers saying why).
+            Outcome::Quarantine { plugin, reason } => quarantine = Some((plugin, reason)),
         }
         let edited = match apply(&view, &result.mutations) {
             Ok(e) => e,
@@ -318,9 +345,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if edited.message.is_some() {
             tracing::info!(queue_id = %id, "message changed by plugins");
         }
-        Ok(match edited.message {
+        let message = match edited.message {
             Some(m) => m,
             None => view.into_bytes(),
-        })
+        };
+        Ok((message, quarantine))
     }
 }

@@ -111,6 +111,7 @@ async fn random_input_never_breaks_the_session() {
         plugins: None,
         auth: None,
         directory: None,
+        quarantine: crate::queue::quarantine::Quarantine::new(dir.path()),
     });
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -34,6 +34,8 @@ pub struct ListenerContext {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Who may authenticate with SMTP AUTH (`None`: nobody).
     pub directory: Option<Arc<crate::directory::Directory>>,
+    /// Where messages a plugin quarantines are kept.
+    pub quarantine: crate::queue::quarantine::Quarantine,
 }
 
 /// The open mail transaction (between MAIL and the end of data).

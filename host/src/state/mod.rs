@@ -204,6 +204,10 @@ impl State {
     }
 }
 
+/// What GCRA's comparison forgives of floating-point rounding, in ms
+/// (times in Redis are ms since 1970, whose last bit is about 0.0002 ms).
+pub(crate) const GCRA_MARGIN_MS: f64 = 0.01;
+
 /// GCRA, shared by both backends: given the key's theoretical arrival time
 /// `tat` (ms, or `None`), the time `now` (ms), returns the verdict and the
 /// new arrival time to store if the event is allowed.
@@ -219,7 +223,9 @@ pub(crate) fn gcra(
     let tat = tat.unwrap_or(now).max(now);
     let new_tat = tat + cost as f64 * interval;
     let allow_at = new_tat - window_ms;
-    if now < allow_at {
+    // Floating point: `now + window - window` need not be `now` again, so
+    // the comparison allows a margin far below any rate's resolution.
+    if now + GCRA_MARGIN_MS < allow_at {
         let remaining = ((window_ms - (tat - now)) / interval).floor().max(0.0) as u64;
         let wait = Duration::from_micros(((allow_at - now) * 1000.0).ceil() as u64);
         return (
@@ -245,6 +251,22 @@ pub(crate) fn gcra(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_never_refuses_what_the_limit_allows() {
+        // Times as Redis has them (ms since 1970) and odd limits.
+        for limit in [1, 3, 7, 10, 1000] {
+            for now in [1_733_000_000_123.456, 0.1, 17.000_001] {
+                let mut tat = None;
+                for i in 0..limit {
+                    let (t, next) = gcra(tat, now, 1, limit, 1000.0);
+                    assert!(t.allowed, "limit {limit}, event {i}, now {now}");
+                    tat = next;
+                }
+                assert!(!gcra(tat, now, 1, limit, 1000.0).0.allowed);
+            }
+        }
+    }
 
     #[test]
     fn a_throttle_allows_its_limit_at_once_refuses_the_next_and_recovers_over_the_window() {

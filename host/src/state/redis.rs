@@ -28,7 +28,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + cost * interval
 local allow_at = new_tat - window
-if now < allow_at then
+-- The margin forgives floating-point rounding (GCRA_MARGIN_MS).
+if now + 0.01 < allow_at then
   return {0, math.max(math.floor((window - (tat - now)) / interval), 0), math.ceil(allow_at - now)}
 end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(math.ceil(new_tat - now), 1))
