@@ -2,10 +2,16 @@
 fresh data directory, and one of three plugin set-ups:
 
 - "none": no plugin chains (the gateway alone);
-- "bundled": the bundled plugins that exist, on the hooks they serve:
-  auth-policy at mail_from and data (SPF, DKIM, DMARC, ARC and iprev checked
-  per transaction, against the benchmark's DNS server on loopback, and an
-  Authentication-Results field added), with the grants it needs;
+- "bundled": the bundled policy plugins on the hooks they serve, with the
+  grants they need: auth-policy at mail_from and data (SPF, DKIM, DMARC,
+  ARC and iprev checked per transaction against the benchmark's DNS server
+  on loopback, an Authentication-Results field added), antispam at
+  connect, rcpt and data (two address lists and a domain list looked up,
+  HELO, iprev, authentication and header checks scored, X-Spam headers
+  added; no greylisting: smtp-source does not retry) and ratelimit at
+  connect, mail_from, rcpt and data (a limit on connections per client,
+  messages per sender and recipients per domain, high enough never to
+  trip, so every message pays for its throttles in the in-memory state);
 - "noop10": ten no-op plugins on every hook (connect, helo, mail_from,
   rcpt, data, pre_delivery, delivery_result): the machinery's own cost.
 
@@ -21,6 +27,44 @@ import signal
 import subprocess
 
 from . import common
+
+
+# The bundled chain's configurations: lists under `test`, which the
+# benchmark's DNS server answers (not listed, cached); limits that never
+# trip.
+ANTISPAM = """
+[[dnsbl]]
+zone = "bl.test"
+weight = 5.0
+[[dnsbl]]
+zone = "bl2.test"
+weight = 3.0
+[[domain_list]]
+zone = "dbl.test"
+weight = 4.0
+"""
+
+RATELIMIT = """
+[[rule]]
+name = "connections"
+count = "connections"
+key = "client_ip"
+limit = 1000000000
+window = "1h"
+[[rule]]
+name = "messages"
+count = "messages"
+key = "sender"
+limit = 1000000000
+window = "1h"
+stage = "data"
+[[rule]]
+name = "recipients"
+count = "recipients"
+key = "recipient_domain"
+limit = 1000000000
+window = "1h"
+"""
 
 
 class Weir:
@@ -54,10 +98,18 @@ class Weir:
         if self.variant == "none":
             return pdir, ""
         if self.variant == "bundled":
-            shutil.copy(self.plugins["auth-policy"], os.path.join(pdir, "auth-policy.wasm"))
+            for name in ("auth-policy", "antispam", "ratelimit"):
+                shutil.copy(self.plugins[name], os.path.join(pdir, f"{name}.wasm"))
             with open(os.path.join(pdir, "auth-policy.toml"), "w") as f:
                 f.write("# the defaults\n")
-            chains = 'chains = { mail_from = ["auth-policy"], data = ["auth-policy"] }\n'
+            with open(os.path.join(pdir, "antispam.toml"), "w") as f:
+                f.write(ANTISPAM)
+            with open(os.path.join(pdir, "ratelimit.toml"), "w") as f:
+                f.write(RATELIMIT)
+            chains = ('chains = { connect = ["ratelimit", "antispam"], '
+                      'mail_from = ["auth-policy", "ratelimit"], '
+                      'rcpt = ["antispam", "ratelimit"], '
+                      'data = ["auth-policy", "antispam", "ratelimit"] }\n')
             return pdir, chains
         if self.variant == "noop10":
             names = [f"noop{i}" for i in range(10)]
@@ -80,6 +132,8 @@ class Weir:
         text += f'[plugins]\ndir = "{pdir}"\nwatch = false\n'
         if self.variant == "bundled":
             text += '[plugins.settings.auth-policy]\ngrants = ["modify"]\n'
+            text += '[plugins.settings.antispam]\ngrants = ["dns", "state", "modify"]\n'
+            text += '[plugins.settings.ratelimit]\ngrants = ["state"]\n'
         if self.dns_port:
             text += f'[dns]\nnameservers = ["127.0.0.1:{self.dns_port}"]\ntimeout = "2s"\n'
         text += f"[queue]\nmax_per_destination = {sessions}\nmax_concurrency = {max(100, sessions)}\n"
