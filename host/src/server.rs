@@ -106,6 +106,7 @@ pub async fn serve(config: Config, config_file: Option<PathBuf>) -> anyhow::Resu
             auth: Some(auth.clone()),
             directory: Some(directory.clone()),
             quarantine: crate::queue::quarantine::Quarantine::new(&config.data_dir),
+            local_domains: l.local_domains.clone().into(),
         });
         listeners.push(Listener::bind(ctx, shutdown.clone(), done_tx.clone()).await?);
     }

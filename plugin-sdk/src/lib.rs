@@ -110,6 +110,51 @@ pub trait Plugin {
     fn on_delivery_result(_outcomes: Vec<DeliveryOutcome>) {}
 }
 
+/// Wildcard patterns as operators write them in a plugin's configuration.
+pub mod pattern {
+    /// Whether `text` matches `pattern`, where `*` stands for any run of
+    /// characters and `?` for one. Case-sensitive: lower-case both sides
+    /// for a case-insensitive match.
+    pub fn wildcard(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        // The classic greedy match with one backtrack point: linear in
+        // practice, never exponential.
+        let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+        while ti < t.len() {
+            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
+            } else if pi < p.len() && p[pi] == '*' {
+                star = Some(pi);
+                mark = ti;
+                pi += 1;
+            } else if let Some(s) = star {
+                pi = s + 1;
+                mark += 1;
+                ti = mark;
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == '*')
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::wildcard;
+
+        #[test]
+        fn stars_and_question_marks_match_as_in_a_shell() {
+            assert!(wildcard("*.pdf.*", "a.pdf.exe"));
+            assert!(wildcard("inv?ice*", "invoice.doc"));
+            assert!(!wildcard("*.pdf", "a.pdf.exe"));
+            assert!(wildcard("*", ""));
+            assert!(wildcard("*@*.example", "a@b.example"));
+            assert!(!wildcard("a", "ab"));
+        }
+    }
+}
+
 /// Durations as operators write them in a plugin's configuration.
 pub mod time {
     use std::time::Duration;

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod cluster;
+mod content;
 mod crash;
 mod delivery;
 mod pipelining;

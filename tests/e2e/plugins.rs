@@ -11,6 +11,7 @@ use crate::sink::{Sink, SinkOptions};
 /// The plugin crates the tests use, built together once per test run.
 const CRATES: &[&str] = &[
     "weir-plugin-antispam",
+    "weir-plugin-attachments",
     "weir-plugin-auth-policy",
     "weir-plugin-block-recipients",
     "weir-plugin-example-policy",
@@ -20,6 +21,7 @@ const CRATES: &[&str] = &[
     "weir-plugin-test-echo",
     "weir-plugin-test-faults",
     "weir-plugin-test-unknown-import",
+    "weir-plugin-transport-rules",
 ];
 
 /// The `.wasm` of a plugin crate (`weir_plugin_noop.wasm` for
@@ -690,17 +692,28 @@ fn a_plugin_with_the_dns_grant_looks_names_up_through_the_gateways_resolver() {
 #[test]
 fn the_transaction_interface_tells_each_hook_what_it_is_about() {
     let sink = Sink::start(SinkOptions::default());
-    let plugins = plugin_dir(&[("echo", "weir-plugin-test-echo", "")]);
+    // example-filter tags and scores a message it strips an attachment
+    // of: what echo, after it in the chain, must see.
+    let plugins = plugin_dir(&[
+        ("echo", "weir-plugin-test-echo", ""),
+        (
+            "filter",
+            "weir-plugin-example-filter",
+            "strip_extensions = [\"exe\"]\n",
+        ),
+    ]);
     let certs = tempfile::tempdir().unwrap();
     let (keys, cert) = crate::harness::test_cert(certs.path());
     let gw = Gateway::start(&format!(
-        "{}[plugins.settings.echo]\ngrants = [\"modify\"]\ndeadline = \"200ms\"\n{}\
+        "{}[plugins.settings.echo]\ngrants = [\"modify\"]\ndeadline = \"100ms\"\n\
+         [plugins.settings.filter]\ngrants = [\"modify\"]\n{}\
          [[route]]\nname = \"sink\"\ndomains = [\"*\"]\ntype = \"smarthost\"\nhosts = [\"127.0.0.1:{}\"]\n",
         plugins_table(plugins.path(), ""),
         listener(
             "in",
             &format!(
-                "tls = \"starttls\"\n{keys}chains = {{ rcpt = [\"echo\"], data = [\"echo\"], pre_delivery = [\"echo\"] }}"
+                "tls = \"starttls\"\n{keys}local_domains = [\"example.org\"]\n\
+                 chains = {{ rcpt = [\"echo\"], data = [\"filter\", \"echo\"], pre_delivery = [\"echo\"] }}"
             )
         ),
         sink.addr.port(),
@@ -712,15 +725,16 @@ fn the_transaction_interface_tells_each_hook_what_it_is_about() {
     c.expect("EHLO client.test", 250);
     c.expect("MAIL FROM:<a@sender.test>", 250);
     c.expect("RCPT TO:<b@example.org>", 250);
-    c.expect("RCPT TO:<c@example.org>", 250);
+    c.expect("RCPT TO:<c@elsewhere.test>", 250);
     // At RCPT, `recipients` lists those accepted before this one.
     let r = c.expect("RCPT TO:<recipients@example.org>", 550);
-    assert_eq!(r.text(), "5.1.1 before me: b@example.org,c@example.org");
+    assert_eq!(r.text(), "5.1.1 before me: b@example.org,c@elsewhere.test");
     // A plugin called without a fiber is stopped at its deadline too.
     let r = c.expect("RCPT TO:<spin@example.org>", 451);
     assert_eq!(r.enhanced(), "4.3.0");
     c.expect("DATA", 354);
-    c.send(b"Subject: echo\r\n\r\nx\r\n.\r\n");
+    c.send(WITH_ATTACHMENT.as_bytes());
+    c.send(b".\r\n");
     assert_eq!(c.read_reply().code, 250);
 
     let got = sink.wait_for(1);
@@ -731,21 +745,24 @@ fn the_transaction_interface_tells_each_hook_what_it_is_about() {
             .unwrap_or_else(|| panic!("no {name} in {text}"))
             .to_string()
     };
+    // The filter's tag and score are there for echo at once.
     assert_eq!(
         header("X-Echo-Data: "),
         "ip=127.0.0.1 port=set listener=in helo=client.test tls=TLSv1_3 user=none \
-         queue=set sender=<a@sender.test> rcpts=b@example.org,c@example.org"
+         queue=set sender=<a@sender.test> rcpts=b@example.org,c@elsewhere.test local=true,false \
+         tags=stripped-attachment score=1.0"
     );
-    // Before delivery: how the message arrived, and this attempt's
-    // recipients (both go to the one smart-host route, named as the
-    // destination).
+    // Before delivery: how the message arrived, what the data chain made
+    // of it, and this attempt's recipients (both go to the one smart-host
+    // route, named as the destination).
     assert_eq!(
         header("X-Echo-Delivery: "),
         "ip=127.0.0.1 port=set listener=in helo=client.test tls=TLSv1_3 user=none \
-         queue=set sender=<a@sender.test> rcpts=b@example.org,c@example.org destination=sink"
+         queue=set sender=<a@sender.test> rcpts=b@example.org,c@elsewhere.test local=true,false \
+         tags=stripped-attachment score=1.0 destination=sink"
     );
     assert!(
-        gw.log().contains("deadline of 200ms passed"),
+        gw.log().contains("deadline of 100ms passed"),
         "{}",
         gw.log()
     );

@@ -574,6 +574,7 @@ impl Delivery {
             }
         };
         let view = Arc::new(crate::plugins::MessageView::new(Arc::new(message)));
+        crate::plugins::message::parse_if_large(&view).await;
         let route = self.router.route(hop.route);
         let destination = if hop.domain.is_empty() {
             route.name.clone()
@@ -581,7 +582,7 @@ impl Delivery {
             hop.domain.clone()
         };
         let args = HookArgs::PreDelivery(&destination, view.clone());
-        let result = generation.run(&plugin_context(job), args).await;
+        let result = generation.run(&self.plugin_context(job), args).await;
         let settled = |reply: crate::smtp::Reply| {
             let text = format!(
                 "{} {} {}",
@@ -710,7 +711,7 @@ impl Delivery {
                 }
             })
             .collect();
-        let context = plugin_context(job);
+        let context = self.plugin_context(job);
         tokio::spawn(async move {
             generation
                 .run(&context, HookArgs::DeliveryResult(&list))
@@ -719,23 +720,37 @@ impl Delivery {
     }
 }
 
-/// What the plugins are told of a job: how its message arrived, and of
-/// its envelope the recipients of this attempt only.
-fn plugin_context(job: &Job) -> Arc<crate::plugins::Context> {
-    let client = &job.envelope.client;
-    Arc::new(crate::plugins::Context {
-        helo: Some(client.helo.clone()),
-        tls: client.tls.clone(),
-        authenticated_user: client.authenticated_user.clone(),
-        queue_id: Some(job.id.to_string()),
-        sender: Some(job.envelope.sender.clone()),
-        recipients: job
-            .rcpts
+impl Delivery {
+    /// What the plugins are told of a job: how its message arrived, what
+    /// the data chain made of it (tags, score), and of its envelope the
+    /// recipients of this attempt only.
+    fn plugin_context(&self, job: &Job) -> Arc<crate::plugins::Context> {
+        let client = &job.envelope.client;
+        let local_domains = self
+            .listeners
             .iter()
-            .map(|&i| job.envelope.recipients[i].address.clone())
-            .collect(),
-        ..crate::plugins::Context::new(client.addr, &client.listener)
-    })
+            .find(|l| l.name == client.listener)
+            .map(|l| l.local_domains.clone().into())
+            .unwrap_or_else(|| Arc::from([]));
+        Arc::new(crate::plugins::Context {
+            local_domains,
+            marks: std::sync::Mutex::new(crate::plugins::Marks {
+                tags: job.envelope.tags.clone(),
+                score: job.envelope.score,
+            }),
+            helo: Some(client.helo.clone()),
+            tls: client.tls.clone(),
+            authenticated_user: client.authenticated_user.clone(),
+            queue_id: Some(job.id.to_string()),
+            sender: Some(job.envelope.sender.clone()),
+            recipients: job
+                .rcpts
+                .iter()
+                .map(|&i| job.envelope.recipients[i].address.clone())
+                .collect(),
+            ..crate::plugins::Context::new(client.addr, &client.listener)
+        })
+    }
 }
 
 fn report(events: &mpsc::UnboundedSender<WorkerEvent>, job: &Job, outcome: RcptOutcome) {

@@ -80,6 +80,8 @@ pub struct HostState {
     /// The current call's clock: its deadline measures the plugin's own
     /// time, not the time it spent waiting in host imports.
     pub(super) clock: CallClock,
+    /// The current call runs on a fiber that yields every tick.
+    pub(super) yielding: bool,
 }
 
 /// One call's deadline, kept so the epoch callback can tell the plugin's
@@ -89,7 +91,7 @@ pub struct HostState {
 /// Everything is measured from the call's start, so a plugin cannot earn
 /// credit twice for the same wait, and the waits themselves are capped:
 /// a call lasts at most `deadline + wait_limit` of wall-clock time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CallClock {
     /// When the call started.
     pub started: Instant,
@@ -99,6 +101,30 @@ pub struct CallClock {
     pub wait_limit: Duration,
     /// Time spent in host imports so far.
     pub waited: Duration,
+    /// Time spent yielded to the runtime so far (added by the yields
+    /// themselves, which run outside the store).
+    pub yielded: Yielded,
+}
+
+/// Time a call spent yielded, in nanoseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Yielded(Arc<std::sync::atomic::AtomicU64>);
+
+impl Yielded {
+    /// Counts `d` more.
+    pub fn add(&self, d: Duration) {
+        self.0
+            .fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Starts again from zero (a new call).
+    pub fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl CallClock {
@@ -109,6 +135,7 @@ impl CallClock {
             deadline,
             wait_limit,
             waited: Duration::ZERO,
+            yielded: Yielded::default(),
         }
     }
 
@@ -118,7 +145,11 @@ impl CallClock {
         if self.waited > self.wait_limit {
             return None;
         }
-        let own = self.started.elapsed().saturating_sub(self.waited);
+        let own = self
+            .started
+            .elapsed()
+            .saturating_sub(self.waited)
+            .saturating_sub(self.yielded.get());
         self.deadline.checked_sub(own).filter(|d| !d.is_zero())
     }
 }
@@ -189,6 +220,22 @@ impl transaction::Host for HostState {
             .as_ref()
             .map(|c| c.recipients.clone())
             .unwrap_or_default())
+    }
+    fn tags(&mut self) -> Trappable<Vec<String>> {
+        Ok(self
+            .context
+            .as_ref()
+            .map(|c| c.marks().tags)
+            .unwrap_or_default())
+    }
+    fn score(&mut self) -> Trappable<f64> {
+        Ok(self.context.as_ref().map_or(0.0, |c| c.marks().score))
+    }
+    fn is_local_domain(&mut self, domain: String) -> Trappable<bool> {
+        Ok(self
+            .context
+            .as_ref()
+            .is_some_and(|c| c.is_local_domain(&domain)))
     }
 }
 
@@ -516,6 +563,26 @@ impl message::HostMessage for HostState {
             .part_bytes(id)
             .map(<[u8]>::to_vec)
             .ok_or_else(|| format!("no part {id}")))
+    }
+    fn part_range(
+        &mut self,
+        msg: Resource<MessageData>,
+        id: u32,
+        offset: u64,
+        len: u32,
+    ) -> Trappable<Result<Vec<u8>, String>> {
+        if !self.granted(Grant::Body) {
+            return Ok(Err("denied: the plugin has no `body` grant".into()));
+        }
+        let view = self.view(&msg)?;
+        Ok(match view.part_bytes(id) {
+            None => Err(format!("no part {id}")),
+            Some(bytes) => {
+                let start = (offset.min(bytes.len() as u64)) as usize;
+                let end = start.saturating_add(len as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+        })
     }
     fn raw(&mut self, msg: Resource<MessageData>) -> Trappable<Result<Vec<u8>, String>> {
         if !self.granted(Grant::Body) {

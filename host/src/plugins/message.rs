@@ -20,6 +20,19 @@ pub struct MessageView {
     parsed: OnceLock<Parsed>,
 }
 
+/// Messages from this size are parsed on a blocking thread before the
+/// chain, not inside a plugin's first call on a runtime thread.
+const PARSE_AHEAD: usize = 1 << 20;
+
+/// Parses a large message's MIME structure off the runtime's threads, so
+/// a 50 MB message does not hold one of them while other sessions wait.
+pub async fn parse_if_large(view: &Arc<MessageView>) {
+    if view.raw().len() >= PARSE_AHEAD {
+        let view = view.clone();
+        let _ = tokio::task::spawn_blocking(move || view.parse_now()).await;
+    }
+}
+
 /// What parsing found.
 struct Parsed {
     headers: Vec<Header>,
@@ -84,6 +97,13 @@ impl MessageView {
             .parts
             .get(id as usize)
             .map(|p| p.decoded.as_slice())
+    }
+
+    /// Parses the message now (it is otherwise parsed when a plugin first
+    /// asks): for large messages, on a blocking thread before the chain,
+    /// so no runtime thread parses 50 MB inside a plugin call.
+    pub fn parse_now(&self) {
+        self.parsed();
     }
 
     fn parsed(&self) -> &Parsed {

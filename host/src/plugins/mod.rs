@@ -118,7 +118,7 @@ pub struct ChainResult {
 /// read through the `transaction` import. Built once per chain run and
 /// shared by its calls; nothing of it is copied into a plugin that does
 /// not ask.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Context {
     /// The client's address and port.
     pub client: std::net::SocketAddr,
@@ -139,6 +139,20 @@ pub struct Context {
     /// The receiving transaction's authentication checks, for
     /// `auth-results` (none outside a receiving transaction).
     pub auth: Option<Arc<crate::auth::Transaction>>,
+    /// The listener's own domains (`is-local-domain`).
+    pub local_domains: Arc<[String]>,
+    /// Tags and score so far: updated as each plugin of the chain returns,
+    /// so the next one sees them.
+    pub marks: std::sync::Mutex<Marks>,
+}
+
+/// The tags and score of a transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Marks {
+    /// Tags, in the order they were attached.
+    pub tags: Vec<String>,
+    /// Sum of the scores added.
+    pub score: f64,
 }
 
 impl Context {
@@ -154,7 +168,22 @@ impl Context {
             sender: None,
             recipients: Vec::new(),
             auth: None,
+            local_domains: Arc::from([]),
+            marks: Default::default(),
         }
+    }
+
+    /// The tags and score so far.
+    pub fn marks(&self) -> Marks {
+        self.marks.lock().expect("marks poisoned").clone()
+    }
+
+    /// Whether `domain` is one of the listener's own.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.local_domains
+            .iter()
+            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
     }
 }
 
@@ -251,7 +280,9 @@ pub struct Plugin {
     services: Arc<Services>,
     memory_limit: usize,
     /// Ready instances, each in its own store, already given `init`.
-    pool: pool::Pool<Ready>,
+    /// (Boxed: a ready instance is large, and moves in and out at every
+    /// call.)
+    pool: pool::Pool<Box<Ready>>,
 }
 
 struct Ready {
@@ -268,19 +299,29 @@ enum Pre {
     Async(host::bindings::PluginPre<HostState>),
 }
 
-enum Instance {
-    Sync(host::sync_bindings::Plugin),
-    Async(host::bindings::Plugin),
+/// An instance's exports: on a fiber, and, for a plugin linked without
+/// the waiting imports, on the caller's stack too, for short calls (see
+/// [`ON_STACK`]).
+struct Instance {
+    fiber: host::bindings::Plugin,
+    sync: Option<host::sync_bindings::Plugin>,
 }
 
 impl Instance {
     async fn hooks(&self, store: &mut Store<HostState>) -> wasmtime::Result<Vec<Hook>> {
-        match self {
-            Instance::Sync(p) => p.call_hooks(store),
-            Instance::Async(p) => p.call_hooks(store).await,
+        match &self.sync {
+            Some(sync) => sync.call_hooks(store),
+            None => self.fiber.call_hooks(store).await,
         }
     }
 }
+
+/// Calls with a deadline up to this run on the caller's stack when the
+/// plugin allows (they hold a runtime thread for at most that long);
+/// longer ones run on a fiber that yields to the runtime every tick, so a
+/// plugin that computes for a second does not stop a thread's other
+/// sessions, nor the runtime's I/O, for that second.
+const ON_STACK: Duration = Duration::from_millis(100);
 
 /// A plugin in a chain, with the entry's failure policy.
 #[derive(Clone)]
@@ -353,6 +394,17 @@ impl Generation {
                     }
                 }
             };
+            // Tags and score are for the plugins after this one too.
+            {
+                let mut marks = context.marks.lock().expect("marks poisoned");
+                for m in &decision.mutations {
+                    match m {
+                        Mutation::Tag(t) => marks.tags.push(t.clone()),
+                        Mutation::AddScore(s) if s.is_finite() => marks.score += s,
+                        _ => {}
+                    }
+                }
+            }
             let changes_message = decision
                 .mutations
                 .iter()
@@ -793,12 +845,13 @@ impl std::fmt::Display for InitError {
 /// Starts a call's clock at `started`: `deadline` of the plugin's own
 /// time, plus up to `wait_limit` waiting in host imports.
 fn arm(store: &mut Store<HostState>, started: Instant, deadline: Duration, wait_limit: Duration) {
-    store.data_mut().clock = host::CallClock {
-        started,
-        deadline,
-        wait_limit,
-        waited: Duration::ZERO,
-    };
+    let state = store.data_mut();
+    state.clock.started = started;
+    state.clock.deadline = deadline;
+    state.clock.wait_limit = wait_limit;
+    state.clock.waited = Duration::ZERO;
+    state.clock.yielded.reset();
+    state.yielding = false;
     store.set_epoch_deadline(ticks(deadline));
 }
 
@@ -824,7 +877,7 @@ fn ticks(d: Duration) -> u64 {
 
 impl Plugin {
     /// A new instance in its own store, given `init`.
-    async fn instantiate(&self) -> Result<Ready, InitError> {
+    async fn instantiate(&self) -> Result<Box<Ready>, InitError> {
         let state = HostState {
             wasi: wasmtime_wasi::WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -837,6 +890,7 @@ impl Plugin {
             services: self.services.clone(),
             context: None,
             clock: host::CallClock::start(self.settings.data_deadline, self.settings.wait_limit),
+            yielding: false,
         };
         let engine = match &self.pre {
             Pre::Sync(p) => p.engine(),
@@ -848,10 +902,27 @@ impl Plugin {
         // time the call spent waiting in host imports (DNS, authentication
         // checks) is taken off, up to `wait_limit`, and the plugin runs on
         // for what is left of its own time, if anything.
+        //
+        // A call on a fiber is woken every tick to yield to the runtime
+        // (with tokio's own yield, which lets the worker poll for I/O and
+        // its other tasks first); the time it spends yielded is not the
+        // plugin's either.
         store.epoch_deadline_callback(|ctx| {
-            Ok(match ctx.data().clock.left() {
-                Some(left) => wasmtime::UpdateDeadline::Continue(ticks(left)),
+            let state = ctx.data();
+            Ok(match state.clock.left() {
                 None => wasmtime::UpdateDeadline::Interrupt,
+                Some(_) if state.yielding => {
+                    let yielded = state.clock.yielded.clone();
+                    wasmtime::UpdateDeadline::YieldCustom(
+                        1,
+                        Box::pin(async move {
+                            let started = Instant::now();
+                            tokio::task::yield_now().await;
+                            yielded.add(started.elapsed());
+                        }),
+                    )
+                }
+                Some(left) => wasmtime::UpdateDeadline::Continue(ticks(left)),
             })
         });
         arm(
@@ -862,11 +933,21 @@ impl Plugin {
         );
         let instance = match &self.pre {
             Pre::Sync(p) => {
-                let i = p.instantiate(&mut store).map_err(InitError::Trap)?;
-                i.call_init(&mut store, &self.config)
+                let instance = p
+                    .instance_pre()
+                    .instantiate(&mut store)
+                    .map_err(InitError::Trap)?;
+                let sync = host::sync_bindings::Plugin::new(&mut store, &instance)
+                    .map_err(InitError::Trap)?;
+                let fiber =
+                    host::bindings::Plugin::new(&mut store, &instance).map_err(InitError::Trap)?;
+                sync.call_init(&mut store, &self.config)
                     .map_err(InitError::Trap)?
                     .map_err(InitError::Refused)?;
-                Instance::Sync(i)
+                Instance {
+                    fiber,
+                    sync: Some(sync),
+                }
             }
             Pre::Async(p) => {
                 let i = p
@@ -877,10 +958,13 @@ impl Plugin {
                     .await
                     .map_err(InitError::Trap)?
                     .map_err(InitError::Refused)?;
-                Instance::Async(i)
+                Instance {
+                    fiber: i,
+                    sync: None,
+                }
             }
         };
-        Ok(Ready { store, instance })
+        Ok(Box::new(Ready { store, instance }))
     }
 
     /// Makes a new instance (instantiation and `init`) and drops it: what a
@@ -921,10 +1005,16 @@ impl Plugin {
             deadline,
             self.settings.wait_limit,
         );
+        let on_stack = ready.instance.sync.is_some() && deadline <= ON_STACK;
+        if !on_stack {
+            // Woken every tick, to yield.
+            ready.store.set_epoch_deadline(1);
+            ready.store.data_mut().yielding = true;
+        }
         ready.store.data_mut().context = Some(context.clone());
         // The epoch deadline stops a plugin that computes too long; the
         // imports stop one that waits too long (see `HostState::waiting`).
-        let result = call_export(&ready.instance, &mut ready.store, args).await;
+        let result = call_export(&ready.instance, on_stack, &mut ready.store, args).await;
         // A pooled instance must not keep the transaction alive.
         ready.store.data_mut().context = None;
         match result {
@@ -943,7 +1033,7 @@ impl Plugin {
                     stats::Ended::Trap
                 };
                 self.stats.record(ended, started.elapsed());
-                let clock = ready.store.data().clock;
+                let clock = &ready.store.data().clock;
                 if timeout && clock.waited > clock.wait_limit {
                     Err(format!(
                         "waited on the gateway's imports (DNS, state, authentication) longer than its wait_limit of {:?}",
@@ -1005,12 +1095,13 @@ macro_rules! dispatch {
 
 async fn call_export(
     instance: &Instance,
+    on_stack: bool,
     store: &mut Store<HostState>,
     args: &HookArgs<'_>,
 ) -> wasmtime::Result<Decision> {
-    Ok(match instance {
-        Instance::Sync(p) => dispatch!(p, store, args),
-        Instance::Async(p) => dispatch!(p, store, args, await),
+    Ok(match &instance.sync {
+        Some(sync) if on_stack => dispatch!(sync, store, args),
+        _ => dispatch!(&instance.fiber, store, args, await),
     })
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::QueueId;
 
 /// A message's envelope, stored beside its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Queue id, assigned at MAIL FROM.
     pub id: QueueId,
@@ -38,6 +38,17 @@ pub struct Envelope {
     /// A plugin asked for delivery over TLS only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_tls: bool,
+    /// Tags the data chain attached (for the pre-delivery chain and the
+    /// logs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The score the data chain added up (e.g. a spam score).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub score: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Envelope {

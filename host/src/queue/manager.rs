@@ -623,6 +623,8 @@ async fn store_dsn(
         size: bytes.len() as u64,
         route: None,
         require_tls: false,
+        tags: Vec::new(),
+        score: 0.0,
     };
     let location = spool.store(&dsn_envelope, bytes).await?;
     Ok(Some(StoredMessage {

@@ -248,6 +248,8 @@ mod tests {
                 size: 5,
                 route: None,
                 require_tls: false,
+                tags: Vec::new(),
+                score: 0.0,
             },
             reason: "spam score 11".into(),
             plugin: "antispam".into(),

@@ -833,6 +833,8 @@ mod tests {
             size: 5,
             route: None,
             require_tls: false,
+            tags: Vec::new(),
+            score: 0.0,
         }
     }
 

@@ -202,6 +202,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             size: message.len() as u64,
             route: changes.route,
             require_tls: changes.require_tls,
+            tags: changes.tags.clone(),
+            score: changes.score,
         };
         if let Some((plugin, reason)) = quarantine {
             return self.hold(envelope, message, plugin, reason).await;
@@ -277,6 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(Vec<u8>, Option<(String, String)>), Step> {
         use crate::plugins::{HookArgs, Outcome};
         let view = Arc::new(MessageView::new(Arc::new(message)));
+        crate::plugins::message::parse_if_large(&view).await;
         if let Some(auth) = &txn.auth {
             auth.set_message(view.raw().clone());
         }

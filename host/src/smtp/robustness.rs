@@ -112,6 +112,7 @@ async fn random_input_never_breaks_the_session() {
         auth: None,
         directory: None,
         quarantine: crate::queue::quarantine::Quarantine::new(dir.path()),
+        local_domains: std::sync::Arc::from([]),
     });
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -36,6 +36,8 @@ pub struct ListenerContext {
     pub directory: Option<Arc<crate::directory::Directory>>,
     /// Where messages a plugin quarantines are kept.
     pub quarantine: crate::queue::quarantine::Quarantine,
+    /// The listener's `local_domains`, shared with the plugins' contexts.
+    pub local_domains: Arc<[String]>,
 }
 
 /// The open mail transaction (between MAIL and the end of data).
@@ -356,6 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(|t| t.recipients.iter().map(|r| r.address.clone()).collect())
                 .unwrap_or_default(),
             auth: txn.and_then(|t| t.auth.clone()),
+            local_domains: self.ctx.local_domains.clone(),
             ..crate::plugins::Context::new(self.peer, &self.ctx.config.name)
         })
     }

@@ -119,6 +119,8 @@ impl Plugin for ExampleFilter {
                     .any(|e| e.eq_ignore_ascii_case(&ext))
                 {
                     log::log(log::Level::Info, &format!("stripping attachment {name}"));
+                    changes.push(Mutation::Tag("stripped-attachment".into()));
+                    changes.push(Mutation::AddScore(1.0));
                     changes.push(Mutation::replace_part_with_text(
                         part.id,
                         &format!("The attachment {name} was removed by policy.\n"),

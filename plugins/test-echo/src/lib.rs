@@ -14,20 +14,28 @@ struct Echo;
 /// Everything the transaction interface answers, on one line.
 fn described() -> String {
     let tls = t::tls().map_or("none".to_string(), |i| i.version);
+    let rcpts = t::recipients();
+    let local: Vec<String> = rcpts
+        .iter()
+        .map(|r| t::is_local_domain(r.rsplit('@').next().unwrap_or("")).to_string())
+        .collect();
+    let queue = if t::queue_id().is_some() {
+        "set"
+    } else {
+        "none"
+    };
     format!(
-        "ip={} port={} listener={} helo={} tls={tls} user={} queue={} sender=<{}> rcpts={}",
+        "ip={} port={} listener={} helo={} tls={tls} user={} queue={queue} sender=<{}> rcpts={} local={} tags={} score={:.1}",
         t::client_ip(),
         if t::client_port() > 0 { "set" } else { "0" },
         t::listener(),
         t::helo().unwrap_or_default(),
         t::authenticated_user().unwrap_or_else(|| "none".into()),
-        if t::queue_id().is_some() {
-            "set"
-        } else {
-            "none"
-        },
         t::sender().unwrap_or_default(),
-        t::recipients().join(","),
+        rcpts.join(","),
+        local.join(","),
+        t::tags().join(","),
+        t::score(),
     )
 }
 
