@@ -11,7 +11,10 @@ fresh data directory, and one of three plugin set-ups:
   added; no greylisting: smtp-source does not retry) and ratelimit at
   connect, mail_from, rcpt and data (a limit on connections per client,
   messages per sender and recipients per domain, high enough never to
-  trip, so every message pays for its throttles in the in-memory state);
+  trip, so every message pays for its throttles in the in-memory state),
+  attachments at data (the defaults: the MIME tree is read, no
+  attachment to judge) and transport-rules at data (two rules, one of
+  which applies and adds a header);
 - "noop10": ten no-op plugins on every hook (connect, helo, mail_from,
   rcpt, data, pre_delivery, delivery_result): the machinery's own cost.
 
@@ -67,6 +70,23 @@ window = "1h"
 """
 
 
+TRANSPORT_RULES = """
+[[rule]]
+name = "external"
+[rule.if]
+sender_scope = "outside"
+[rule.then]
+add_header = [{ name = "X-External-Sender", value = "yes" }]
+
+[[rule]]
+name = "lottery"
+[rule.if]
+subject_contains = ["lottery"]
+[rule.then]
+reject = { code = 550, text = "No lotteries" }
+"""
+
+
 class Weir:
     durability = (
         "fsyncs each message into its spool (group commit) before the 250; "
@@ -98,7 +118,8 @@ class Weir:
         if self.variant == "none":
             return pdir, ""
         if self.variant == "bundled":
-            for name in ("auth-policy", "antispam", "ratelimit"):
+            for name in ("auth-policy", "antispam", "ratelimit", "attachments",
+                         "transport-rules"):
                 shutil.copy(self.plugins[name], os.path.join(pdir, f"{name}.wasm"))
             with open(os.path.join(pdir, "auth-policy.toml"), "w") as f:
                 f.write("# the defaults\n")
@@ -106,10 +127,15 @@ class Weir:
                 f.write(ANTISPAM)
             with open(os.path.join(pdir, "ratelimit.toml"), "w") as f:
                 f.write(RATELIMIT)
+            with open(os.path.join(pdir, "attachments.toml"), "w") as f:
+                f.write("# the defaults: executables refused, zips looked into\n")
+            with open(os.path.join(pdir, "transport-rules.toml"), "w") as f:
+                f.write(TRANSPORT_RULES)
             chains = ('chains = { connect = ["ratelimit", "antispam"], '
                       'mail_from = ["auth-policy", "ratelimit"], '
                       'rcpt = ["antispam", "ratelimit"], '
-                      'data = ["auth-policy", "antispam", "ratelimit"] }\n')
+                      'data = ["auth-policy", "antispam", "ratelimit", "attachments", '
+                      '"transport-rules"] }\n')
             return pdir, chains
         if self.variant == "noop10":
             names = [f"noop{i}" for i in range(10)]
@@ -134,6 +160,8 @@ class Weir:
             text += '[plugins.settings.auth-policy]\ngrants = ["modify"]\n'
             text += '[plugins.settings.antispam]\ngrants = ["dns", "state", "modify"]\n'
             text += '[plugins.settings.ratelimit]\ngrants = ["state"]\n'
+            text += '[plugins.settings.attachments]\ngrants = ["body", "modify"]\n'
+            text += '[plugins.settings.transport-rules]\ngrants = ["body", "modify"]\n'
         if self.dns_port:
             text += f'[dns]\nnameservers = ["127.0.0.1:{self.dns_port}"]\ntimeout = "2s"\n'
         text += f"[queue]\nmax_per_destination = {sessions}\nmax_concurrency = {max(100, sessions)}\n"

@@ -729,7 +729,7 @@ fn the_transaction_interface_tells_each_hook_what_it_is_about() {
     // At RCPT, `recipients` lists those accepted before this one.
     let r = c.expect("RCPT TO:<recipients@example.org>", 550);
     assert_eq!(r.text(), "5.1.1 before me: b@example.org,c@elsewhere.test");
-    // A plugin called without a fiber is stopped at its deadline too.
+    // A plugin spinning at RCPT is stopped at its deadline.
     let r = c.expect("RCPT TO:<spin@example.org>", 451);
     assert_eq!(r.enhanced(), "4.3.0");
     c.expect("DATA", 354);

@@ -35,20 +35,6 @@ pub mod bindings {
     });
 }
 
-/// The same world with synchronous exports, for plugins that import none
-/// of the interfaces that wait (dns, state, auth-results): called without
-/// a fiber, on the caller's stack. Types are those of [`bindings`].
-pub mod sync_bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "plugin",
-        require_store_data_send: true,
-        with: {
-            "weir:plugin": super::bindings::weir::plugin,
-        },
-    });
-}
-
 use bindings::weir::plugin::{auth_results, config, dns, log, message, state, transaction, types};
 
 /// The message behind a `message` resource: a view shared by the calls of
@@ -80,8 +66,6 @@ pub struct HostState {
     /// The current call's clock: its deadline measures the plugin's own
     /// time, not the time it spent waiting in host imports.
     pub(super) clock: CallClock,
-    /// The current call runs on a fiber that yields every tick.
-    pub(super) yielding: bool,
 }
 
 /// One call's deadline, kept so the epoch callback can tell the plugin's

@@ -276,7 +276,7 @@ pub struct Plugin {
     pub hooks: Vec<Hook>,
     /// Its counters.
     pub stats: stats::Stats,
-    pre: Pre,
+    pre: host::bindings::PluginPre<HostState>,
     services: Arc<Services>,
     memory_limit: usize,
     /// Ready instances, each in its own store, already given `init`.
@@ -287,41 +287,15 @@ pub struct Plugin {
 
 struct Ready {
     store: Store<HostState>,
-    instance: Instance,
+    instance: host::bindings::Plugin,
 }
 
-/// How a plugin is instantiated and called. A plugin that imports none of
-/// the interfaces that wait (dns, state, auth-results) is linked without
-/// them and called synchronously, on the caller's stack; one that does is
-/// called on a fiber of its own, which its waits suspend.
-enum Pre {
-    Sync(host::sync_bindings::PluginPre<HostState>),
-    Async(host::bindings::PluginPre<HostState>),
-}
-
-/// An instance's exports: on a fiber, and, for a plugin linked without
-/// the waiting imports, on the caller's stack too, for short calls (see
-/// [`ON_STACK`]).
-struct Instance {
-    fiber: host::bindings::Plugin,
-    sync: Option<host::sync_bindings::Plugin>,
-}
-
-impl Instance {
-    async fn hooks(&self, store: &mut Store<HostState>) -> wasmtime::Result<Vec<Hook>> {
-        match &self.sync {
-            Some(sync) => sync.call_hooks(store),
-            None => self.fiber.call_hooks(store).await,
-        }
-    }
-}
-
-/// Calls with a deadline up to this run on the caller's stack when the
-/// plugin allows (they hold a runtime thread for at most that long);
-/// longer ones run on a fiber that yields to the runtime every tick, so a
-/// plugin that computes for a second does not stop a thread's other
-/// sessions, nor the runtime's I/O, for that second.
-const ON_STACK: Duration = Duration::from_millis(100);
+// Every call runs on a fiber (wasmtime's `call_async`), woken every epoch
+// tick to yield to the runtime: a plugin that computes for a second does
+// not stop its thread's other sessions, nor the runtime's I/O, for that
+// second. (A synchronous path for plugins without the waiting imports was
+// tried and dropped: wasmtime-wasi's synchronous streams block on the
+// runtime from inside it, so a plugin's panic message crashed its task.)
 
 /// A plugin in a chain, with the entry's failure policy.
 #[derive(Clone)]
@@ -521,8 +495,6 @@ fn parse_enhanced(s: &str) -> Option<Enhanced> {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    /// The same without the imports that wait: for plugins that use none.
-    sync_linker: Linker<HostState>,
     services: Arc<Services>,
     cache_dir: Option<PathBuf>,
     slot_memory: u64,
@@ -579,7 +551,6 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| PluginError::Engine(e.to_string()))?;
-        let sync_linker = sync_linker(&engine).map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
@@ -597,7 +568,6 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            sync_linker,
             services: Arc::new(services),
             cache_dir,
             slot_memory,
@@ -709,22 +679,12 @@ impl Runtime {
             loaded.insert(key, p.clone());
             return Ok(p.clone());
         }
-        // The synchronous linker lacks the waiting imports: a component
-        // that needs one of them is linked with the other.
-        let pre = match self.sync_linker.instantiate_pre(&compiled.component) {
-            Ok(p) => Pre::Sync(
-                host::sync_bindings::PluginPre::new(p).map_err(|e| invalid(format!("{e:#}")))?,
-            ),
-            Err(_) => {
-                let p = self
-                    .linker
-                    .instantiate_pre(&compiled.component)
-                    .map_err(|e| invalid(format!("{e:#}")))?;
-                Pre::Async(
-                    host::bindings::PluginPre::new(p).map_err(|e| invalid(format!("{e:#}")))?,
-                )
-            }
-        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre =
+            host::bindings::PluginPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
         let instances = settings.instances;
         let mut plugin = Plugin {
             name: name.into(),
@@ -757,7 +717,7 @@ impl Runtime {
         );
         plugin.hooks = ready
             .instance
-            .hooks(&mut ready.store)
+            .call_hooks(&mut ready.store)
             .await
             .map_err(|e| invalid(format!("{e:#}")))?;
         tracing::info!(plugin = name, key, hooks = ?plugin.hooks, cached = compiled.cached, "plugin loaded");
@@ -851,28 +811,8 @@ fn arm(store: &mut Store<HostState>, started: Instant, deadline: Duration, wait_
     state.clock.wait_limit = wait_limit;
     state.clock.waited = Duration::ZERO;
     state.clock.yielded.reset();
-    state.yielding = false;
-    store.set_epoch_deadline(ticks(deadline));
-}
-
-/// WASI (synchronous) and the contract's imports that never wait:
-/// transaction, log, message and config.
-fn sync_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
-    use host::bindings::weir::plugin::{config, log, message, transaction, types};
-    use wasmtime::component::HasSelf;
-    let mut linker: Linker<HostState> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    message::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    transaction::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    Ok(linker)
-}
-
-/// Epoch ticks in `d`, rounded down (at least one).
-fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / TICK.as_millis()).max(1) as u64
+    // Woken every tick: to yield, and to see whether the time is up.
+    store.set_epoch_deadline(1);
 }
 
 impl Plugin {
@@ -890,13 +830,8 @@ impl Plugin {
             services: self.services.clone(),
             context: None,
             clock: host::CallClock::start(self.settings.data_deadline, self.settings.wait_limit),
-            yielding: false,
         };
-        let engine = match &self.pre {
-            Pre::Sync(p) => p.engine(),
-            Pre::Async(p) => p.engine(),
-        };
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         // The deadline is for the plugin's own work: when it comes, the
         // time the call spent waiting in host imports (DNS, authentication
@@ -908,11 +843,11 @@ impl Plugin {
         // its other tasks first); the time it spends yielded is not the
         // plugin's either.
         store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
-            Ok(match state.clock.left() {
+            let clock = &ctx.data().clock;
+            Ok(match clock.left() {
                 None => wasmtime::UpdateDeadline::Interrupt,
-                Some(_) if state.yielding => {
-                    let yielded = state.clock.yielded.clone();
+                Some(_) => {
+                    let yielded = clock.yielded.clone();
                     wasmtime::UpdateDeadline::YieldCustom(
                         1,
                         Box::pin(async move {
@@ -922,7 +857,6 @@ impl Plugin {
                         }),
                     )
                 }
-                Some(left) => wasmtime::UpdateDeadline::Continue(ticks(left)),
             })
         });
         arm(
@@ -931,39 +865,16 @@ impl Plugin {
             self.settings.data_deadline,
             self.settings.wait_limit,
         );
-        let instance = match &self.pre {
-            Pre::Sync(p) => {
-                let instance = p
-                    .instance_pre()
-                    .instantiate(&mut store)
-                    .map_err(InitError::Trap)?;
-                let sync = host::sync_bindings::Plugin::new(&mut store, &instance)
-                    .map_err(InitError::Trap)?;
-                let fiber =
-                    host::bindings::Plugin::new(&mut store, &instance).map_err(InitError::Trap)?;
-                sync.call_init(&mut store, &self.config)
-                    .map_err(InitError::Trap)?
-                    .map_err(InitError::Refused)?;
-                Instance {
-                    fiber,
-                    sync: Some(sync),
-                }
-            }
-            Pre::Async(p) => {
-                let i = p
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(InitError::Trap)?;
-                i.call_init(&mut store, &self.config)
-                    .await
-                    .map_err(InitError::Trap)?
-                    .map_err(InitError::Refused)?;
-                Instance {
-                    fiber: i,
-                    sync: None,
-                }
-            }
-        };
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(InitError::Trap)?;
+        instance
+            .call_init(&mut store, &self.config)
+            .await
+            .map_err(InitError::Trap)?
+            .map_err(InitError::Refused)?;
         Ok(Box::new(Ready { store, instance }))
     }
 
@@ -1005,16 +916,10 @@ impl Plugin {
             deadline,
             self.settings.wait_limit,
         );
-        let on_stack = ready.instance.sync.is_some() && deadline <= ON_STACK;
-        if !on_stack {
-            // Woken every tick, to yield.
-            ready.store.set_epoch_deadline(1);
-            ready.store.data_mut().yielding = true;
-        }
         ready.store.data_mut().context = Some(context.clone());
         // The epoch deadline stops a plugin that computes too long; the
         // imports stop one that waits too long (see `HostState::waiting`).
-        let result = call_export(&ready.instance, on_stack, &mut ready.store, args).await;
+        let result = call_export(&ready.instance, &mut ready.store, args).await;
         // A pooled instance must not keep the transaction alive.
         ready.store.data_mut().context = None;
         match result {
@@ -1059,49 +964,36 @@ fn lend(store: &mut Store<HostState>, m: &Arc<MessageView>) -> wasmtime::Result<
     Ok((owned, borrow))
 }
 
-/// Calls the export for `args`; `$($wait)*` is `.await` for the
-/// asynchronous bindings and nothing for the synchronous ones.
-macro_rules! dispatch {
-    ($p:expr, $store:expr, $args:expr $(, $wait:tt)*) => {{
-        let (p, store) = ($p, $store);
-        let plain = |verdict| Decision {
-            verdict,
-            mutations: Vec::new(),
-        };
-        match $args {
-            HookArgs::Connect => plain(p.call_on_connect(&mut *store)$(.$wait)*?),
-            HookArgs::Helo(name) => plain(p.call_on_helo(&mut *store, name)$(.$wait)*?),
-            HookArgs::MailFrom(sender) => plain(p.call_on_mail_from(&mut *store, sender)$(.$wait)*?),
-            HookArgs::Rcpt(rcpt) => plain(p.call_on_rcpt(&mut *store, rcpt)$(.$wait)*?),
-            HookArgs::Data(m) => {
-                let (owned, borrow) = lend(store, m)?;
-                let result = p.call_on_data(&mut *store, borrow)$(.$wait)*;
-                store.data_mut().table.delete(owned)?;
-                result?
-            }
-            HookArgs::PreDelivery(d, m) => {
-                let (owned, borrow) = lend(store, m)?;
-                let result = p.call_on_pre_delivery(&mut *store, d, borrow)$(.$wait)*;
-                store.data_mut().table.delete(owned)?;
-                result?
-            }
-            HookArgs::DeliveryResult(o) => {
-                p.call_on_delivery_result(&mut *store, o)$(.$wait)*?;
-                plain(Verdict::Continue)
-            }
-        }
-    }};
-}
-
 async fn call_export(
-    instance: &Instance,
-    on_stack: bool,
+    p: &host::bindings::Plugin,
     store: &mut Store<HostState>,
     args: &HookArgs<'_>,
 ) -> wasmtime::Result<Decision> {
-    Ok(match &instance.sync {
-        Some(sync) if on_stack => dispatch!(sync, store, args),
-        _ => dispatch!(&instance.fiber, store, args, await),
+    let plain = |verdict| Decision {
+        verdict,
+        mutations: Vec::new(),
+    };
+    Ok(match args {
+        HookArgs::Connect => plain(p.call_on_connect(&mut *store).await?),
+        HookArgs::Helo(name) => plain(p.call_on_helo(&mut *store, name).await?),
+        HookArgs::MailFrom(sender) => plain(p.call_on_mail_from(&mut *store, sender).await?),
+        HookArgs::Rcpt(rcpt) => plain(p.call_on_rcpt(&mut *store, rcpt).await?),
+        HookArgs::Data(m) => {
+            let (owned, borrow) = lend(store, m)?;
+            let result = p.call_on_data(&mut *store, borrow).await;
+            store.data_mut().table.delete(owned)?;
+            result?
+        }
+        HookArgs::PreDelivery(d, m) => {
+            let (owned, borrow) = lend(store, m)?;
+            let result = p.call_on_pre_delivery(&mut *store, d, borrow).await;
+            store.data_mut().table.delete(owned)?;
+            result?
+        }
+        HookArgs::DeliveryResult(o) => {
+            p.call_on_delivery_result(&mut *store, o).await?;
+            plain(Verdict::Continue)
+        }
     })
 }
 

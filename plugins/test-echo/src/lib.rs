@@ -1,5 +1,4 @@
-//! A plugin for the gateway's tests of the contract: it imports nothing
-//! that waits (so the gateway calls it without a fiber), and
+//! A plugin for the gateway's tests of the contract:
 //! - at RCPT, refuses `recipients@...` with 550 5.1.1 naming the
 //!   recipients accepted before it, and spins forever for `spin@...`;
 //! - at DATA, adds `X-Echo-Data` with everything `transaction` tells;
