@@ -93,6 +93,11 @@ pub struct StateConfig {
     /// Put before every key in Redis, so that several clusters can share
     /// one.
     pub prefix: String,
+    /// With `memory`: the most keys kept. Past it the ones closest to
+    /// expiring are dropped (and a warning logged), so that a flood of
+    /// new clients or senders cannot grow the gateway without bound.
+    /// About 200 octets a key: the default is some 200 MB at worst.
+    pub max_entries: usize,
 }
 
 impl Default for StateConfig {
@@ -102,6 +107,7 @@ impl Default for StateConfig {
             url: None,
             timeout: Duration::from_millis(500),
             prefix: "weir:".into(),
+            max_entries: 1_000_000,
         }
     }
 }

@@ -17,7 +17,7 @@ mod tests {
     fn the_contract_parses_and_has_the_plugin_world() {
         let (resolve, package) = resolve();
         let pkg = &resolve.packages[package];
-        assert_eq!(pkg.name.to_string(), "weir:plugin@0.1.0");
+        assert_eq!(pkg.name.to_string(), "weir:plugin@0.2.0");
         let world = &resolve.worlds[pkg.worlds["plugin"]];
         let exports: Vec<String> = world
             .exports
@@ -57,7 +57,7 @@ mod tests {
             assert!(
                 imports
                     .iter()
-                    .any(|i| i.ends_with(&format!("/{capability}@0.1.0"))),
+                    .any(|i| i.ends_with(&format!("/{capability}@0.2.0"))),
                 "import {capability} missing: {imports:?}"
             );
         }

@@ -306,6 +306,83 @@ pub fn signal_gateway(data_dir: &Path, signal: i32) -> anyhow::Result<Option<i32
     Ok(Some(pid))
 }
 
+/// Stores each message released from the quarantine in the spool (one
+/// at a time, read on a blocking thread: a release of thousands does not
+/// hold the whole lot in memory nor a runtime thread on the disk), as
+/// received now, marked released.
+async fn release_all(
+    quarantine: &crate::queue::quarantine::Quarantine,
+    spool: &Spool,
+    queue: &crate::queue::QueueHandle,
+) {
+    use crate::queue::quarantine::QuarantineError;
+    let q = quarantine.clone();
+    let listed = tokio::task::spawn_blocking(move || q.released().map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let paths = match listed {
+        Ok(paths) => paths,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the quarantine's released messages");
+            return;
+        }
+    };
+    for path in paths {
+        let (q, p) = (quarantine.clone(), path.clone());
+        let taken = tokio::task::spawn_blocking(move || q.take(&p))
+            .await
+            .unwrap_or_else(|e| {
+                Err(QuarantineError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        let (held, message) = match taken {
+            Ok(t) => t,
+            Err(QuarantineError::Corrupt(_)) => {
+                match quarantine.set_aside(&path) {
+                    Ok(to) => {
+                        tracing::error!(file = %path.display(), moved_to = %to.display(), "released file is not a quarantined message; set aside")
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "released file is not a quarantined message and cannot be set aside")
+                    }
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "released message not read; it stays released and is tried again");
+                continue;
+            }
+        };
+        let mut envelope = held.envelope;
+        let was = envelope.id;
+        envelope.id = spool.next_id();
+        envelope.size = message.len() as u64;
+        // Its queue lifetime and bounce timers start now, not when it was
+        // first received (days ago, perhaps).
+        envelope.received_at = chrono::Utc::now().timestamp();
+        envelope.released = true;
+        match spool.store(&envelope, message).await {
+            Ok(location) => {
+                tracing::info!(queue_id = %envelope.id, was = %was, recipients = envelope.recipients.len(), "released from the quarantine");
+                if let Err(e) = quarantine.forget(&path) {
+                    tracing::error!(error = %e, "released message stored, but its quarantine file stays (it will be released again)");
+                }
+                queue.submit(crate::queue::StoredMessage {
+                    states: vec![crate::queue::RcptState::new(); envelope.recipients.len()],
+                    envelope,
+                    location,
+                    message: None,
+                });
+            }
+            Err(e) => {
+                tracing::error!(was = %was, error = %e, "released message not stored; it stays released and is tried again");
+            }
+        }
+    }
+}
+
 /// Stores the messages released from the quarantine in the spool, under
 /// new queue ids, and hands them to delivery: at start, then whenever
 /// asked (SIGUSR1 from `weir quarantine release`).
@@ -316,37 +393,7 @@ async fn releaser(
     mut requests: mpsc::UnboundedReceiver<()>,
 ) {
     loop {
-        match quarantine.released() {
-            Ok(released) => {
-                for (path, held, message) in released {
-                    let mut envelope = held.envelope;
-                    let was = envelope.id;
-                    envelope.id = spool.next_id();
-                    envelope.size = message.len() as u64;
-                    match spool.store(&envelope, message).await {
-                        Ok(location) => {
-                            tracing::info!(queue_id = %envelope.id, was = %was, recipients = envelope.recipients.len(), "released from the quarantine");
-                            if let Err(e) = quarantine.forget(&path) {
-                                tracing::error!(error = %e, "released message stored, but its quarantine file stays (it will be released again)");
-                            }
-                            queue.submit(crate::queue::StoredMessage {
-                                states: vec![
-                                    crate::queue::RcptState::new();
-                                    envelope.recipients.len()
-                                ],
-                                envelope,
-                                location,
-                                message: None,
-                            });
-                        }
-                        Err(e) => {
-                            tracing::error!(was = %was, error = %e, "released message not stored; it stays released and is tried again");
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the quarantine's released messages"),
-        }
+        release_all(&quarantine, &spool, &queue).await;
         if requests.recv().await.is_none() {
             return;
         }

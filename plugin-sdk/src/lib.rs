@@ -121,13 +121,15 @@ pub mod pattern {
         // practice, never exponential.
         let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
         while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
+            // A star first: a `*` in the text must not be taken for
+            // the pattern's literal one.
+            if pi < p.len() && p[pi] == '*' {
                 star = Some(pi);
                 mark = ti;
                 pi += 1;
+            } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
             } else if let Some(s) = star {
                 pi = s + 1;
                 mark += 1;
@@ -148,9 +150,67 @@ pub mod pattern {
             assert!(wildcard("*.pdf.*", "a.pdf.exe"));
             assert!(wildcard("inv?ice*", "invoice.doc"));
             assert!(!wildcard("*.pdf", "a.pdf.exe"));
+            // A star in the text is text, not a second star.
+            assert!(wildcard("*@evil.example", "*x@evil.example"));
+            assert!(!wildcard("a*", "*a"));
             assert!(wildcard("*", ""));
             assert!(wildcard("*@*.example", "a@b.example"));
             assert!(!wildcard("a", "ab"));
+        }
+    }
+}
+
+/// Addresses as plugins compare them: the client's, mail addresses'
+/// domains, and networks as operators list them.
+pub mod address {
+    use std::net::IpAddr;
+
+    pub use ipnet::IpNet;
+
+    /// The client's address ([`crate::transaction::client_ip`]), an
+    /// IPv4-mapped IPv6 address taken as the IPv4 address it is (a
+    /// dual-stack listener sees IPv4 clients so), `None` for a local
+    /// submission that has no address.
+    pub fn client_ip() -> Option<IpAddr> {
+        let ip: IpAddr = crate::transaction::client_ip().parse().ok()?;
+        Some(match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        })
+    }
+
+    /// The domain of a mail address, lower case, without a trailing dot
+    /// (`None` for the null sender or an address without one).
+    pub fn domain_of(address: &str) -> Option<String> {
+        address
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+    }
+
+    /// An address (`192.0.2.7`, a network of one) or a network
+    /// (`10.0.0.0/8`, `2001:db8::/32`), as operators list them.
+    pub fn parse_net(text: &str) -> Option<IpNet> {
+        let text = text.trim();
+        text.parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn domains_and_networks_parse_as_written() {
+            assert_eq!(domain_of("A@Example.ORG.").as_deref(), Some("example.org"));
+            assert_eq!(domain_of(""), None);
+            assert_eq!(domain_of("a@"), None);
+            let net = parse_net("192.0.2.7").unwrap();
+            assert!(net.contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
+            assert!(!net.contains(&"192.0.2.8".parse::<IpAddr>().unwrap()));
+            assert!(parse_net("2001:db8::/32").is_some());
+            assert!(parse_net("example.org").is_none());
         }
     }
 }

@@ -255,6 +255,40 @@ fn archives_are_looked_into_nested_and_password_protected() {
         r.1.contains("it is password-protected (secret.docx)"),
         "{r:?}"
     );
+    // Zips four deep, past max_depth (3).
+    let mut deep = zip_of(&[("core.txt", b"x", true)]);
+    for level in 0..3 {
+        deep = zip_of(&[(&format!("level{level}.zip"), &deep, false)]);
+    }
+    let r = send(
+        &gw,
+        "a@sender.test",
+        &["r@example.test"],
+        &with_attachments("deep", &[("deep.zip", "application/zip", &deep)]),
+    );
+    assert!(r.1.contains("archives nested deeper than 3"), "{r:?}");
+    // An archive whose end record claims 2,000 entries (max_entries is
+    // 1,000) is refused before its directory is read.
+    let mut claims = zip_of(&[("a.txt", b"text", true)]);
+    let end = claims.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+    claims[end + 8..end + 12].copy_from_slice(&[0xd0, 0x07, 0xd0, 0x07]);
+    let r = send(
+        &gw,
+        "a@sender.test",
+        &["r@example.test"],
+        &with_attachments("claims", &[("many.zip", "application/zip", &claims)]),
+    );
+    assert!(r.1.contains("the archive more than 1000 entries"), "{r:?}");
+    // An entry named .zip that is no zip is opened all the same, and is
+    // unreadable: not let through unseen.
+    let fake = zip_of(&[("inner.zip", b"not a zip at all", true)]);
+    let r = send(
+        &gw,
+        "a@sender.test",
+        &["r@example.test"],
+        &with_attachments("fake", &[("fake.zip", "application/zip", &fake)]),
+    );
+    assert!(r.1.contains("the archive cannot be read"), "{r:?}");
     // A harmless archive passes.
     let fine = zip_of(&[("a.txt", b"text", true), ("b.pdf", b"%PDF-1.4", true)]);
     let r = send(
@@ -305,6 +339,74 @@ fn strip_replaces_the_attachment_by_a_note_and_keeps_the_rest() {
         body.contains("Removed: setup.exe (files of type .exe are not accepted)."),
         "{body}"
     );
+}
+
+/// `inner` forwarded as an attachment (message/rfc822), as mail clients
+/// forward: the attached message's bytes as they are.
+fn forwarding(inner: &[u8]) -> Vec<u8> {
+    let mut m = b"From: <a@sender.test>\r\nTo: <r@example.test>\r\nSubject: fwd\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"fwd\"\r\n\r\n\
+        --fwd\r\nContent-Type: text/plain\r\n\r\nForwarded, see below.\r\n\
+        --fwd\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
+        .to_vec();
+    m.extend_from_slice(inner);
+    m.extend_from_slice(b"\r\n--fwd--\r\n");
+    m
+}
+
+#[test]
+fn attachments_of_forwarded_messages_are_judged_and_stripped_inside_them() {
+    let inner = with_attachments(
+        "the original",
+        &[
+            ("setup.exe", "application/octet-stream", PROGRAM),
+            ("report.pdf", "application/pdf", b"%PDF-1.7 ok"),
+        ],
+    );
+    let sink = Sink::start(SinkOptions::default());
+    let (gw, _p) = attachments("", &sink);
+    let r = send(
+        &gw,
+        "a@sender.test",
+        &["r@example.test"],
+        &forwarding(&inner),
+    );
+    assert_eq!(r.0, 550, "{r:?}");
+    assert!(r.1.contains("Attachment setup.exe refused"), "{r:?}");
+    drop(gw);
+
+    // Stripped: the program inside the forwarded message becomes a note;
+    // the forwarded message, its text and its PDF stay.
+    let (gw, _p) = attachments("action = \"strip\"\n", &sink);
+    let r = send(
+        &gw,
+        "a@sender.test",
+        &["r@example.test"],
+        &forwarding(&inner),
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    let got = sink.wait_for(1);
+    let body = text(&got[0]);
+    assert!(!body.contains("TVqQ"), "the program is gone: {body}");
+    let m = parsed(&got[0]);
+    use mail_parser::MimeHeaders;
+    let forwarded = m
+        .attachments()
+        .find_map(|a| a.message())
+        .expect("the forwarded message is still attached");
+    assert_eq!(forwarded.subject(), Some("the original"));
+    assert!(
+        forwarded
+            .body_text(0)
+            .unwrap()
+            .contains("please find the files")
+    );
+    let names: Vec<_> = forwarded
+        .attachments()
+        .filter_map(|a| a.attachment_name())
+        .collect();
+    assert_eq!(names, ["report.pdf"], "{body}");
+    assert!(body.contains("setup.exe"), "the note names it: {body}");
 }
 
 /// Runs `big` (a transaction that keeps the gateway busy) on a thread
@@ -512,6 +614,24 @@ disclaimer = { text = "-- This message came from outside example.test.", html = 
             .count(),
         1
     );
+    // A message forwarding another gets the disclaimer on its own text,
+    // not on the text of the mail it forwards.
+    let inner = b"From: <x@elsewhere.test>\r\nSubject: original\r\n\r\nThe original text.\r\n";
+    assert_eq!(
+        send(
+            &gw,
+            "a@outside.test",
+            &["r@example.test"],
+            &forwarding(inner)
+        )
+        .0,
+        250
+    );
+    let got = sink.wait_for(5);
+    let fwd = text(&got[4]);
+    assert_eq!(fwd.matches("came from outside").count(), 1, "{fwd}");
+    let at = fwd.find("came from outside").unwrap();
+    assert!(at < fwd.find("The original text.").unwrap(), "{fwd}");
 }
 
 #[test]

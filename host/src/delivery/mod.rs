@@ -161,6 +161,9 @@ pub struct Delivery {
     /// The listeners, to tell mail from our own clients (signed) from
     /// mail relayed from elsewhere (never signed).
     listeners: Vec<crate::config::ListenerConfig>,
+    /// Each listener's `local_domains`, shared by the plugin contexts of
+    /// its messages' deliveries (not copied per job).
+    local_domains: std::collections::HashMap<String, Arc<[String]>>,
     /// The plugins, for the pre-delivery and delivery-result hooks (set
     /// once, before the queue manager starts).
     plugins: std::sync::OnceLock<Arc<crate::plugins::Runtime>>,
@@ -209,6 +212,11 @@ impl Delivery {
             spool,
             signer,
             listeners: config.listeners.clone(),
+            local_domains: config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), Arc::from(l.local_domains.clone())))
+                .collect(),
             plugins: std::sync::OnceLock::new(),
             quarantine: crate::queue::quarantine::Quarantine::new(&config.data_dir),
         })
@@ -605,10 +613,18 @@ impl Delivery {
                     "250 2.0.0 discarded by plugin {plugin}"
                 )));
             }
+            Outcome::Quarantine { plugin, reason } if job.envelope.released => {
+                // An operator released it from the quarantine: holding
+                // it again would send it round for ever (Exchange also
+                // delivers a released message past its filters).
+                tracing::info!(queue_id = %job.id, plugin, reason, "released from the quarantine before: delivered despite the quarantine verdict");
+            }
             Outcome::Quarantine { plugin, reason } => {
                 // A copy for this attempt's recipients goes to the
-                // quarantine; for the queue they are done.
+                // quarantine under a queue id of its own (each next hop
+                // may hold a copy); for the queue they are done.
                 let mut envelope = (*job.envelope).clone();
+                envelope.id = self.spool.next_id();
                 envelope.recipients = job
                     .rcpts
                     .iter()
@@ -621,9 +637,10 @@ impl Delivery {
                     hook: "pre-delivery".into(),
                     held_at: chrono::Utc::now().timestamp(),
                 };
+                let held_id = held.envelope.id;
                 return match self.quarantine.hold(held, view.raw().to_vec()).await {
                     Ok(()) => {
-                        tracing::info!(queue_id = %job.id, plugin, reason, "quarantined before delivery");
+                        tracing::info!(queue_id = %job.id, held_as = %held_id, plugin, reason, "quarantined before delivery");
                         PreDelivery::Settled(RcptOutcome::Delivered(format!(
                             "250 2.0.0 held in the quarantine by plugin {plugin}"
                         )))
@@ -727,10 +744,9 @@ impl Delivery {
     fn plugin_context(&self, job: &Job) -> Arc<crate::plugins::Context> {
         let client = &job.envelope.client;
         let local_domains = self
-            .listeners
-            .iter()
-            .find(|l| l.name == client.listener)
-            .map(|l| l.local_domains.clone().into())
+            .local_domains
+            .get(&client.listener)
+            .cloned()
             .unwrap_or_else(|| Arc::from([]));
         Arc::new(crate::plugins::Context {
             local_domains,

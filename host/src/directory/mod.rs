@@ -76,12 +76,18 @@ impl Hash {
 }
 
 /// The users who may authenticate.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Directory {
     /// By lower-cased name: the name as configured, and its hash.
     users: HashMap<String, (String, Hash)>,
-    /// Verified for unknown names, so they cost what known ones do.
+    /// A user's hash, verified for unknown names so that they cost what
+    /// known ones do (the same algorithm and parameters).
     decoy: Option<Hash>,
+    /// Verifications at once, at most one per core: argon2 costs tens of
+    /// milliseconds of CPU by design, and a flood of AUTH attempts must
+    /// not take every blocking thread (the spool's and the quarantine's
+    /// disk work runs on them too).
+    slots: tokio::sync::Semaphore,
 }
 
 impl Directory {
@@ -100,8 +106,13 @@ impl Directory {
             })?;
             users.insert(name.to_lowercase(), (name.clone(), hash));
         }
-        let decoy = (!users.is_empty()).then(|| Hash::Argon2(hash_password("decoy")));
-        Ok(Directory { users, decoy })
+        let decoy = users.values().next().map(|(_, hash)| hash.clone());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Directory {
+            users,
+            decoy,
+            slots: tokio::sync::Semaphore::new(cores),
+        })
     }
 
     /// Whether anyone may authenticate.
@@ -111,8 +122,9 @@ impl Directory {
 
     /// The user's name as configured if `password` is theirs (names are
     /// compared case-insensitively). Runs the verification on a blocking
-    /// thread.
+    /// thread, when one of the directory's slots is free.
     pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> Option<String> {
+        let _slot = self.slots.acquire().await.ok()?;
         let (me, user, password) = (self.clone(), user.to_lowercase(), password.to_string());
         tokio::task::spawn_blocking(move || match me.users.get(&user) {
             Some((name, hash)) => hash.verify(&password).then(|| name.clone()),

@@ -129,11 +129,11 @@ impl CallClock {
         if self.waited > self.wait_limit {
             return None;
         }
-        let own = self
-            .started
-            .elapsed()
-            .saturating_sub(self.waited)
-            .saturating_sub(self.yielded.get());
+        // Time yielded to a busy runtime is given back too, but all the
+        // credit together stays within `wait_limit`: a call lasts at most
+        // `deadline + wait_limit`, however loaded the gateway.
+        let credit = (self.waited + self.yielded.get()).min(self.wait_limit);
+        let own = self.started.elapsed().saturating_sub(credit);
         self.deadline.checked_sub(own).filter(|d| !d.is_zero())
     }
 }

@@ -46,6 +46,10 @@ struct Part {
     end: usize,
     /// For a multipart: its boundary.
     boundary: Option<String>,
+    /// The part an edit of this one changes: itself, or the attached
+    /// message holding it where this part has no bytes of its own in the
+    /// raw message (see [`add_parts`]).
+    edit_as: u32,
     decoded: Vec<u8>,
 }
 
@@ -126,59 +130,95 @@ fn parse(raw: &[u8]) -> Parsed {
             value: unfold(&raw[h.offset_start as usize..h.offset_end as usize]),
         })
         .collect();
+    let mut parts = Vec::new();
+    add_parts(&message, None, None, &mut parts);
+    Parsed { headers, parts }
+}
+
+/// Adds `message`'s parts to `out`, then the parts of each message
+/// attached to it (message/rfc822), parents first, so that plugins look
+/// into forwarded mail as they do into the message itself.
+///
+/// `within` is the message/rfc822 part holding `message`; `encoded` is
+/// set when `message` came out of a transfer encoding (base64 or
+/// quoted-printable, which RFC 2046 5.2.1 forbids but senders use): its
+/// offsets are into the decoded bytes, not the raw message, so an edit of
+/// any part in it acts on that whole encoded part.
+fn add_parts(
+    message: &mail_parser::Message,
+    within: Option<u32>,
+    encoded: Option<u32>,
+    out: &mut Vec<Part>,
+) {
+    let first = out.len() as u32;
+    // The root's parent is the part holding the message; every other
+    // part is a child of one of the message's multiparts.
     let mut parents = vec![None; message.parts.len()];
+    if let Some(slot) = parents.first_mut() {
+        *slot = within;
+    }
     for (i, p) in message.parts.iter().enumerate() {
         if let PartType::Multipart(children) = &p.body {
             for &c in children {
-                if let Some(slot) = parents.get_mut(c as usize) {
-                    *slot = Some(i as u32);
+                if let Some(slot) = parents.get_mut(c as usize).filter(|_| c != 0) {
+                    *slot = Some(first + i as u32);
                 }
             }
         }
     }
-    let parts = message
-        .parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let content_type = p
+    for (i, p) in message.parts.iter().enumerate() {
+        let id = first + i as u32;
+        let content_type = p
+            .content_type()
+            .map(|c| match &c.c_subtype {
+                Some(sub) => format!("{}/{}", c.c_type, sub),
+                None => c.c_type.to_string(),
+            })
+            .unwrap_or_else(|| "text/plain".into())
+            .to_ascii_lowercase();
+        let decoded: Vec<u8> = match &p.body {
+            PartType::Text(t) | PartType::Html(t) => t.as_bytes().to_vec(),
+            PartType::Binary(b) | PartType::InlineBinary(b) => b.to_vec(),
+            PartType::Message(m) => m.raw_message().to_vec(),
+            PartType::Multipart(_) => Vec::new(),
+        };
+        let filename = p.attachment_name().map(str::to_string);
+        let is_attachment = filename.is_some()
+            || p.content_disposition()
+                .is_some_and(|d| d.c_type.eq_ignore_ascii_case("attachment"));
+        // An attached message's root has no delimiter of its own: an edit
+        // of it is an edit of the part that holds it.
+        let edit_as = match (encoded, within) {
+            (Some(e), _) => out[e as usize].edit_as,
+            (None, Some(w)) if i == 0 => out[w as usize].edit_as,
+            _ => id,
+        };
+        out.push(Part {
+            info: PartInfo {
+                id,
+                parent: parents[i],
+                content_type,
+                filename,
+                size: decoded.len() as u64,
+                is_attachment,
+            },
+            start: p.offset_header as usize,
+            end: p.offset_end as usize,
+            boundary: p
                 .content_type()
-                .map(|c| match &c.c_subtype {
-                    Some(sub) => format!("{}/{}", c.c_type, sub),
-                    None => c.c_type.to_string(),
-                })
-                .unwrap_or_else(|| "text/plain".into())
-                .to_ascii_lowercase();
-            let decoded: Vec<u8> = match &p.body {
-                PartType::Text(t) | PartType::Html(t) => t.as_bytes().to_vec(),
-                PartType::Binary(b) | PartType::InlineBinary(b) => b.to_vec(),
-                PartType::Message(m) => m.raw_message().to_vec(),
-                PartType::Multipart(_) => Vec::new(),
-            };
-            let filename = p.attachment_name().map(str::to_string);
-            let is_attachment = filename.is_some()
-                || p.content_disposition()
-                    .is_some_and(|d| d.c_type.eq_ignore_ascii_case("attachment"));
-            Part {
-                info: PartInfo {
-                    id: i as u32,
-                    parent: parents[i],
-                    content_type,
-                    filename,
-                    size: decoded.len() as u64,
-                    is_attachment,
-                },
-                start: p.offset_header as usize,
-                end: p.offset_end as usize,
-                boundary: p
-                    .content_type()
-                    .and_then(|c| c.attribute("boundary"))
-                    .map(str::to_string),
-                decoded,
-            }
-        })
-        .collect();
-    Parsed { headers, parts }
+                .and_then(|c| c.attribute("boundary"))
+                .map(str::to_string),
+            edit_as,
+            decoded,
+        });
+    }
+    for (i, p) in message.parts.iter().enumerate() {
+        if let PartType::Message(m) = &p.body {
+            let id = first + i as u32;
+            let encoded = encoded.or((p.encoding != mail_parser::Encoding::None).then_some(id));
+            add_parts(m, Some(id), encoded, out);
+        }
+    }
 }
 
 /// A field value without its line breaks (RFC 5322 2.2.3) and outer space.
@@ -294,6 +334,21 @@ fn plan(view: &MessageView, mutations: &[Mutation]) -> Result<Plan, MutationErro
     let mut splices: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let mut header_edits: Vec<Mutation> = Vec::new();
     let raw = view.raw().as_slice();
+    // Parts already edited: a second edit of one (two attachments inside
+    // one encoded attached message, say) is the first's.
+    let mut edited: Vec<u32> = Vec::new();
+    let mut target = |id: u32| -> Result<Option<&Part>, MutationError> {
+        let parts = &view.parsed().parts;
+        let part = parts
+            .get(id as usize)
+            .ok_or(MutationError::NoSuchPart(id))?;
+        let part = &parts[part.edit_as as usize];
+        if edited.contains(&part.info.id) {
+            return Ok(None);
+        }
+        edited.push(part.info.id);
+        Ok(Some(part))
+    };
     for m in mutations {
         match m {
             Mutation::AddHeader(_)
@@ -313,9 +368,7 @@ fn plan(view: &MessageView, mutations: &[Mutation]) -> Result<Plan, MutationErro
             }
             Mutation::RemovePart(id) => {
                 let parts = &view.parsed().parts;
-                let part = parts
-                    .get(*id as usize)
-                    .ok_or(MutationError::NoSuchPart(*id))?;
+                let Some(part) = target(*id)? else { continue };
                 let parent = part.info.parent.ok_or(MutationError::RootPart)?;
                 let boundary = parts[parent as usize]
                     .boundary
@@ -334,10 +387,9 @@ fn plan(view: &MessageView, mutations: &[Mutation]) -> Result<Plan, MutationErro
                 splices.push((from, part.end, Vec::new()));
             }
             Mutation::ReplacePart(r) => {
-                let parts = &view.parsed().parts;
-                let part = parts
-                    .get(r.part as usize)
-                    .ok_or(MutationError::NoSuchPart(r.part))?;
+                let Some(part) = target(r.part)? else {
+                    continue;
+                };
                 if !is_field_value(&r.content_type) || r.content_type.is_empty() {
                     return Err(MutationError::BadContentType(r.content_type.clone()));
                 }
@@ -409,10 +461,12 @@ fn edit_headers(raw: &[u8], edits: &[Mutation]) -> Result<Vec<u8>, MutationError
         }
     }
     let field = |h: &Header| -> Result<Vec<u8>, MutationError> {
-        let bytes = format!("{}: {}\r\n", h.name, h.value).into_bytes();
-        // RFC 5322 2.1.1: no line longer than 998 characters.
+        let ok = is_field_name(&h.name) && is_field_value(&h.value);
+        let bytes = format!("{}\r\n", fold(&format!("{}: {}", h.name, h.value))).into_bytes();
+        // RFC 5322 2.1.1: no line longer than 998 characters, even where
+        // folding found no white space to break at.
         let lines_fit = bytes.split(|&b| b == b'\n').all(|l| l.len() <= 999);
-        if !is_field_name(&h.name) || !is_field_value(&h.value) || !lines_fit {
+        if !ok || !lines_fit {
             let mut shown = format!("{}: {}", h.name, h.value);
             if shown.len() > 200 {
                 let mut end = 200;
@@ -475,6 +529,59 @@ fn edit_headers(raw: &[u8], edits: &[Mutation]) -> Result<Vec<u8>, MutationError
     // `split` pointed past the blank line; the body follows it.
     out.extend_from_slice(body);
     Ok(out)
+}
+
+/// The longest line a folded header field is given where white space
+/// allows (RFC 5322 2.1.1: lines SHOULD be at most 78 characters).
+const FOLD_AT: usize = 78;
+
+/// `field` (`Name: value`, perhaps folded already) with each line longer
+/// than [`FOLD_AT`] folded before white space: a plugin's long
+/// `X-Spam-Report` is written as RFC 5322 wants it, not refused. Folding
+/// is a CRLF before existing white space, which unfolding removes, so the
+/// value is unchanged.
+fn fold(field: &str) -> String {
+    let mut out = String::with_capacity(field.len() + field.len() / 32);
+    for (i, line) in field.split("\r\n").enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        let mut rest = line;
+        // Not between the name and its value.
+        let mut first = if i == 0 {
+            line.find(':').map_or(0, |c| c + 1)
+        } else {
+            0
+        };
+        while rest.len() > FOLD_AT {
+            // A break at `at` starts the next line with that white space;
+            // never at the line's first character, and never leaving a
+            // line of white space only.
+            let fits = |at: &usize| {
+                *at > first
+                    && !rest[..*at].trim_matches([' ', '\t']).is_empty()
+                    && !rest[*at..].trim_matches([' ', '\t']).is_empty()
+            };
+            let ws = rest
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| matches!(b, b' ' | b'\t'));
+            let breaks: Vec<usize> = ws.map(|(at, _)| at).filter(fits).collect();
+            let at = breaks
+                .iter()
+                .rev()
+                .find(|&&at| at <= FOLD_AT)
+                .or(breaks.first())
+                .copied();
+            let Some(at) = at else { break };
+            out.push_str(&rest[..at]);
+            out.push_str("\r\n");
+            rest = &rest[at..];
+            first = 0;
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 fn is_field_name(name: &str) -> bool {
@@ -575,6 +682,70 @@ mod tests {
         // Decoded from base64: an MZ header.
         assert_eq!(&v.part_bytes(2).unwrap()[..2], b"MZ");
         assert_eq!(parts[2].size, 12);
+    }
+
+    /// A message forwarding another as an attachment, which holds a
+    /// program; and a second attached message, base64-encoded.
+    const FORWARDED: &[u8] = b"Subject: fwd\r\nContent-Type: multipart/mixed; boundary=\"OUT\"\r\n\r\n--OUT\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--OUT\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=\"IN\"\r\n\r\n--IN\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--IN\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"x.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--IN--\r\n\r\n--OUT\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nU3ViamVjdDogZW5jDQpDb250ZW50LVR5cGU6IGFwcGxpY2F0aW9uL29jdGV0LXN0cmVhbQ0KQ29u\r\ndGVudC1EaXNwb3NpdGlvbjogYXR0YWNobWVudDsgZmlsZW5hbWU9InkuZXhlIg0KDQpNWg0K\r\n--OUT--\r\n";
+
+    #[test]
+    fn attached_messages_are_looked_into_and_edited_where_they_can_be() {
+        let v = view(FORWARDED);
+        let parts = v.parts();
+        let named = |name: &str| parts.iter().find(|p| p.filename.as_deref() == Some(name));
+        // The program inside the forwarded message is listed, under the
+        // attached message's multipart, under the message/rfc822 part.
+        let exe = named("x.exe").expect("the inner attachment is listed");
+        assert_eq!(&v.part_bytes(exe.id).unwrap()[..2], b"MZ");
+        let inner_root = &parts[exe.parent.unwrap() as usize];
+        assert_eq!(inner_root.content_type, "multipart/mixed");
+        let holder = &parts[inner_root.parent.unwrap() as usize];
+        assert_eq!(holder.content_type, "message/rfc822");
+        // So is the one inside the base64-encoded attached message.
+        let y = named("y.exe").expect("the encoded message's part is listed");
+        assert_eq!(v.part_bytes(y.id).unwrap(), b"MZ\r\n");
+
+        // Removing x.exe takes it out of the attached message only.
+        let out = apply(&v, &[Mutation::RemovePart(exe.id)])
+            .unwrap()
+            .message
+            .unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            !text.contains("x.exe") && text.contains("inner text"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--IN--") && text.contains("U3ViamVjdDog"),
+            "{text}"
+        );
+        assert_eq!(view(&out).parts().len(), parts.len() - 1);
+
+        // y.exe (the attached message's only part, so its root) has no
+        // bytes of its own in the raw message: replacing it replaces the
+        // encoded message/rfc822 part holding it, once however often asked.
+        let holder = y.parent.unwrap();
+        assert_eq!(parts[holder as usize].content_type, "message/rfc822");
+        let note = |part| {
+            Mutation::ReplacePart(PartReplacement {
+                part,
+                content_type: "text/plain".into(),
+                body: b"removed".to_vec(),
+            })
+        };
+        let out = apply(&v, &[note(y.id), note(holder)])
+            .unwrap()
+            .message
+            .unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            !text.contains("U3ViamVjdDog") && text.contains("removed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x.exe") && text.ends_with("--OUT--\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -734,6 +905,30 @@ mod tests {
             assert!(check(&v, &bad).is_err(), "{bad:?}");
             assert_eq!(check(&v, &bad).err(), apply(&v, &bad).err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn long_header_values_are_folded_at_white_space() {
+        let words = vec!["word"; 300].join(" ");
+        let folded = fold(&format!("X-Report: {words}"));
+        assert!(folded.split("\r\n").all(|l| l.len() <= FOLD_AT), "{folded}");
+        // Unfolding (RFC 5322 2.2.3) gives back the value.
+        assert_eq!(folded.replace("\r\n", ""), format!("X-Report: {words}"));
+        // Short fields and folded ones are left as they are.
+        assert_eq!(fold("Subject: hi"), "Subject: hi");
+        assert_eq!(fold("X-A: a\r\n\tb"), "X-A: a\r\n\tb");
+        // A run too long to break is broken after it, where it can.
+        let long = "b".repeat(100);
+        assert_eq!(
+            fold(&format!("X-A: {long} c")),
+            format!("X-A: {long}\r\n c")
+        );
+        // Through a mutation: a 2,000-character value is written, folded.
+        let v = view(MULTIPART);
+        let out = apply(&v, &[Mutation::AddHeader(header("X-Report", &words))]).unwrap();
+        let msg = out.message.unwrap();
+        let head = &msg[..body_start(&msg)];
+        assert!(head.split(|&b| b == b'\n').all(|l| l.len() <= FOLD_AT + 1));
     }
 
     #[test]

@@ -368,17 +368,6 @@ impl Generation {
                     }
                 }
             };
-            // Tags and score are for the plugins after this one too.
-            {
-                let mut marks = context.marks.lock().expect("marks poisoned");
-                for m in &decision.mutations {
-                    match m {
-                        Mutation::Tag(t) => marks.tags.push(t.clone()),
-                        Mutation::AddScore(s) if s.is_finite() => marks.score += s,
-                        _ => {}
-                    }
-                }
-            }
             let changes_message = decision
                 .mutations
                 .iter()
@@ -392,19 +381,31 @@ impl Generation {
                 }
                 _ => None,
             };
-            if let Some(e) = unfit {
+            let kept: Vec<Mutation> = if let Some(e) = unfit {
                 tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), error = %e, "plugin's changes not applied (all or none)");
+                Vec::new()
             } else if changes_message && !may_modify {
                 tracing::warn!(plugin = %plugin.name, hook = hook_name(hook), "plugin asked for changes without the `modify` grant; ignored");
-                mutations.extend(
-                    decision
-                        .mutations
-                        .into_iter()
-                        .filter(|m| matches!(m, Mutation::Tag(_) | Mutation::AddScore(_))),
-                );
+                decision
+                    .mutations
+                    .into_iter()
+                    .filter(|m| matches!(m, Mutation::Tag(_) | Mutation::AddScore(_)))
+                    .collect()
             } else {
-                mutations.extend(decision.mutations);
+                decision.mutations
+            };
+            // Tags and score kept are for the plugins after this one too.
+            {
+                let mut marks = context.marks.lock().expect("marks poisoned");
+                for m in &kept {
+                    match m {
+                        Mutation::Tag(t) => marks.tags.push(t.clone()),
+                        Mutation::AddScore(s) if s.is_finite() => marks.score += s,
+                        _ => {}
+                    }
+                }
             }
+            mutations.extend(kept);
             let data_stage = matches!(hook, Hook::Data | Hook::PreDelivery);
             let name = &plugin.name;
             let outcome = match decision.verdict {

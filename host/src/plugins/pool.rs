@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Ready items, at most `capacity` in all.
 pub struct Pool<T> {
-    shards: Box<[Mutex<Vec<T>>]>,
-    per_shard: usize,
+    /// Each shard's items and how many it may keep (the capacities add
+    /// up to the pool's).
+    shards: Box<[(Mutex<Vec<T>>, usize)]>,
 }
 
 impl<T> Pool<T> {
@@ -22,9 +23,11 @@ impl<T> Pool<T> {
     pub fn new(capacity: usize) -> Pool<T> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let count = threads.clamp(1, 64).min(capacity.max(1));
+        let (each, rest) = (capacity / count, capacity % count);
         Pool {
-            shards: (0..count).map(|_| Mutex::new(Vec::new())).collect(),
-            per_shard: capacity.div_ceil(count),
+            shards: (0..count)
+                .map(|i| (Mutex::new(Vec::new()), each + usize::from(i < rest)))
+                .collect(),
         }
     }
 
@@ -41,8 +44,9 @@ impl<T> Pool<T> {
         let home = self.home();
         let n = self.shards.len();
         for i in 0..n {
-            let mut shard = self.lock((home + i) % n);
-            if shard.len() < self.per_shard {
+            let at = (home + i) % n;
+            let mut shard = self.lock(at);
+            if shard.len() < self.shards[at].1 {
                 shard.push(item);
                 return;
             }
@@ -60,7 +64,7 @@ impl<T> Pool<T> {
     }
 
     fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<T>> {
-        self.shards[i].lock().expect("instance pool poisoned")
+        self.shards[i].0.lock().expect("instance pool poisoned")
     }
 }
 
@@ -94,6 +98,14 @@ mod tests {
         // Another thread finds what this one gave back.
         let taken = std::thread::scope(|s| s.spawn(|| pool.take()).join().unwrap());
         assert!(taken.is_some());
+        // However many shards, never more than the capacity in all.
+        let three = Pool::new(3);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..3).for_each(|i| three.give(i)));
+            }
+        });
+        assert_eq!(three.len(), 3);
         let none: Pool<u8> = Pool::new(0);
         none.give(1);
         assert_eq!(none.len(), 0);

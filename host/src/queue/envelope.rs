@@ -45,6 +45,10 @@ pub struct Envelope {
     /// The score the data chain added up (e.g. a spam score).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub score: f64,
+    /// An operator released it from the quarantine: a quarantine verdict
+    /// before delivery is not heeded again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 fn is_zero(x: &f64) -> bool {

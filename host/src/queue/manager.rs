@@ -625,6 +625,7 @@ async fn store_dsn(
         require_tls: false,
         tags: Vec::new(),
         score: 0.0,
+        released: false,
     };
     let location = spool.store(&dsn_envelope, bytes).await?;
     Ok(Some(StoredMessage {

@@ -125,14 +125,14 @@ impl Quarantine {
 
     /// One held message: its description and bytes.
     pub fn get(&self, id: &str) -> Result<(Held, Vec<u8>), QuarantineError> {
-        let path = self.existing(id)?;
+        let (path, _) = self.existing(id)?;
         read(&path, true)
     }
 
     /// Marks `id` for release: the gateway delivers it (now if it runs and
     /// is told, else at its next start).
     pub fn release(&self, id: &str) -> Result<(), QuarantineError> {
-        let path = self.existing(id)?;
+        let (path, id) = self.existing(id)?;
         let released = self.released_dir();
         std::fs::create_dir_all(&released).map_err(io(&released))?;
         let to = released.join(format!("{id}.msg"));
@@ -143,20 +143,28 @@ impl Quarantine {
 
     /// Deletes `id` for good.
     pub fn delete(&self, id: &str) -> Result<(), QuarantineError> {
-        let path = self.existing(id)?;
+        let (path, _) = self.existing(id)?;
         std::fs::remove_file(&path).map_err(io(&path))?;
         sync_dir(&self.dir)
     }
 
-    /// The messages marked for release, with the files to remove once
-    /// each is in the spool.
-    pub fn released(&self) -> Result<Vec<(PathBuf, Held, Vec<u8>)>, QuarantineError> {
-        let mut out = Vec::new();
-        for path in msg_files(&self.released_dir())? {
-            let (held, bytes) = read(&path, true)?;
-            out.push((path, held, bytes));
-        }
-        Ok(out)
+    /// The files of the messages marked for release, oldest id first.
+    pub fn released(&self) -> Result<Vec<PathBuf>, QuarantineError> {
+        msg_files(&self.released_dir())
+    }
+
+    /// A released message, read to be stored in the spool.
+    pub fn take(&self, path: &Path) -> Result<(Held, Vec<u8>), QuarantineError> {
+        read(path, true)
+    }
+
+    /// Moves a file that is not a quarantined message out of the way
+    /// (`ID.msg` becomes `ID.corrupt`, for an operator to look at), so one
+    /// bad file does not stop the others being released.
+    pub fn set_aside(&self, path: &Path) -> Result<PathBuf, QuarantineError> {
+        let to = path.with_extension("corrupt");
+        std::fs::rename(path, &to).map_err(io(&to))?;
+        Ok(to)
     }
 
     /// Removes a released file once its message is in the spool.
@@ -167,13 +175,14 @@ impl Quarantine {
 
     /// The file of `id`, which must name a held message (a queue id: no
     /// path can be smuggled in).
-    fn existing(&self, id: &str) -> Result<PathBuf, QuarantineError> {
+    fn existing(&self, id: &str) -> Result<(PathBuf, String), QuarantineError> {
         let parsed: QueueId = id
             .parse()
             .map_err(|_| QuarantineError::NotFound(id.to_string()))?;
-        let path = self.file(&parsed.to_string());
+        let id = parsed.to_string();
+        let path = self.file(&id);
         if path.is_file() {
-            Ok(path)
+            Ok((path, id))
         } else {
             Err(QuarantineError::NotFound(id.to_string()))
         }
@@ -197,18 +206,31 @@ fn msg_files(dir: &Path) -> Result<Vec<PathBuf>, QuarantineError> {
     Ok(out)
 }
 
-/// A file's description and, if asked, its message.
+/// The longest description line read: an envelope with many recipients
+/// is long, but a file without a newline near its start is no
+/// quarantined message.
+const MAX_DESCRIPTION: u64 = 16 * 1024 * 1024;
+
+/// A file's description and, if asked, its message (`ls` reads the first
+/// line only).
 fn read(path: &Path, with_message: bool) -> Result<(Held, Vec<u8>), QuarantineError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let newline = memchr::memchr(b'\n', &bytes)
-        .ok_or_else(|| QuarantineError::Corrupt(path.to_path_buf()))?;
-    let held: Held = serde_json::from_slice(&bytes[..newline])
-        .map_err(|_| QuarantineError::Corrupt(path.to_path_buf()))?;
-    let message = if with_message {
-        bytes[newline + 1..].to_vec()
-    } else {
-        Vec::new()
-    };
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    (&mut reader)
+        .take(MAX_DESCRIPTION)
+        .read_until(b'\n', &mut line)
+        .map_err(io(path))?;
+    if line.pop() != Some(b'\n') {
+        return Err(QuarantineError::Corrupt(path.to_path_buf()));
+    }
+    let held: Held =
+        serde_json::from_slice(&line).map_err(|_| QuarantineError::Corrupt(path.to_path_buf()))?;
+    let mut message = Vec::new();
+    if with_message {
+        reader.read_to_end(&mut message).map_err(io(path))?;
+    }
     Ok((held, message))
 }
 
@@ -250,6 +272,7 @@ mod tests {
                 require_tls: false,
                 tags: Vec::new(),
                 score: 0.0,
+                released: false,
             },
             reason: "spam score 11".into(),
             plugin: "antispam".into(),
@@ -273,12 +296,14 @@ mod tests {
             (h.envelope.id, bytes.as_slice()),
             (QueueId(2), &b"two\r\n"[..])
         );
-        q.release("0000000000000001").unwrap();
+        // An id as the operator may type it names the same file.
+        q.release("1").unwrap();
         assert_eq!(q.list().unwrap().len(), 1);
         let released = q.released().unwrap();
         assert_eq!(released.len(), 1);
-        assert_eq!(released[0].2, b"one\r\n");
-        q.forget(&released[0].0).unwrap();
+        assert!(released[0].ends_with("released/0000000000000001.msg"));
+        assert_eq!(q.take(&released[0]).unwrap().1, b"one\r\n");
+        q.forget(&released[0]).unwrap();
         assert!(q.released().unwrap().is_empty());
         q.delete("2").unwrap();
         assert!(q.list().unwrap().is_empty());
@@ -287,5 +312,17 @@ mod tests {
             q.release("../etc"),
             Err(QuarantineError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_named_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Quarantine::new(dir.path());
+        std::fs::create_dir_all(q.released_dir()).unwrap();
+        let bad = q.released_dir().join("0000000000000009.msg");
+        std::fs::write(&bad, b"no description line").unwrap();
+        assert!(matches!(q.take(&bad), Err(QuarantineError::Corrupt(p)) if p == bad));
+        let aside = q.set_aside(&bad).unwrap();
+        assert!(aside.is_file() && q.released().unwrap().is_empty());
     }
 }

@@ -835,6 +835,7 @@ mod tests {
             require_tls: false,
             tags: Vec::new(),
             score: 0.0,
+            released: false,
         }
     }
 

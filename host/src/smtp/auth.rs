@@ -22,6 +22,12 @@ use crate::config::SaslMechanism;
 const LOGIN_USER: &str = "VXNlcm5hbWU6";
 const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
 
+/// How long a failed authentication waits before its 535: a client that
+/// guesses passwords gets one guess a second per connection, and
+/// `max_errors` ends the connection (Postfix's `smtpd_error_sleep_time`
+/// and Dovecot's `auth_failure_delay` do the same).
+const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) async fn auth(&mut self, mechanism: u64, initial: String) -> Step {
         let offered = &self.ctx.config.auth_mechanisms;
@@ -92,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             None => {
                 let tried: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
                 tracing::warn!(peer = %self.peer, user = %tried, ?mechanism, "authentication failed");
+                tokio::time::sleep(FAILURE_DELAY).await;
                 self.error(Reply::auth_failed())
             }
         }
@@ -109,6 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let text = match initial {
             Some(text) => text,
             None => {
+                // RFC 4954 4: only an exchange the initial response
+                // completes may have commands pipelined behind it.
+                if !self.conn.buffered().is_empty() {
+                    return Err(self.sync_error("AUTH"));
+                }
                 self.conn.reply(&Reply::auth_challenge(challenge));
                 match self.next_line().await {
                     Ok(Line::Complete(line)) => {

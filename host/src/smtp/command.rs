@@ -24,12 +24,12 @@ pub const BASE_LINE: usize = 512;
 pub const MAIL_LINE: usize = BASE_LINE + 26 + 14 + 10 + 108;
 /// RCPT: NOTIFY and ORCPT (RFC 3461, +530).
 pub const RCPT_LINE: usize = BASE_LINE + 530;
+/// AUTH, and each SASL response line after a 334 (RFC 4954 4: 12288
+/// octets).
+pub const AUTH_LINE: usize = 12288;
 /// The longest line any verb may have: the read buffer's bound.
-pub const MAX_LINE: usize = if MAIL_LINE > RCPT_LINE {
-    MAIL_LINE
-} else {
-    RCPT_LINE
-};
+pub const MAX_LINE: usize = AUTH_LINE;
+const _: () = assert!(AUTH_LINE > MAIL_LINE && AUTH_LINE > RCPT_LINE);
 
 const fn rule(verb: &'static str, before_tls: bool, ends_group: bool, max_line: usize) -> Rule {
     Rule {
@@ -55,8 +55,9 @@ pub const RULES: &[Rule] = &[
     rule("VRFY", false, true, BASE_LINE),
     rule("EXPN", false, true, BASE_LINE),
     rule("HELP", true, false, BASE_LINE),
-    // RFC 4954 4: the client waits for each 334 before it answers.
-    rule("AUTH", false, true, MAX_LINE),
+    // RFC 4954 4: AUTH ends a group unless its initial response completes
+    // the exchange (PLAIN): `auth` refuses data sent ahead of a 334.
+    rule("AUTH", false, false, AUTH_LINE),
 ];
 
 /// Rules for unknown verbs: strictest.

@@ -204,6 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             require_tls: changes.require_tls,
             tags: changes.tags.clone(),
             score: changes.score,
+            released: false,
         };
         if let Some((plugin, reason)) = quarantine {
             return self.hold(envelope, message, plugin, reason).await;

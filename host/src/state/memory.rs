@@ -10,9 +10,14 @@ use std::time::{Duration, Instant};
 const SWEEP_EVERY: u32 = 4096;
 
 /// The in-memory store.
-#[derive(Default)]
 pub struct Memory {
     inner: Mutex<Inner>,
+}
+
+impl Default for Memory {
+    fn default() -> Memory {
+        Memory::new(crate::config::StateConfig::default().max_entries)
+    }
 }
 
 struct Inner {
@@ -20,16 +25,8 @@ struct Inner {
     ops: u32,
     /// Throttles keep their times as ms since this instant.
     epoch: Instant,
-}
-
-impl Default for Inner {
-    fn default() -> Inner {
-        Inner {
-            entries: HashMap::new(),
-            ops: 0,
-            epoch: Instant::now(),
-        }
-    }
+    /// The most entries kept (`state.max_entries`).
+    max_entries: usize,
 }
 
 enum Entry {
@@ -49,6 +46,13 @@ enum Entry {
 }
 
 impl Entry {
+    fn until(&self) -> Option<Instant> {
+        match self {
+            Entry::Counter { until, .. } | Entry::Throttle { until, .. } => Some(*until),
+            Entry::Value { until, .. } => *until,
+        }
+    }
+
     fn live(&self, now: Instant) -> bool {
         match self {
             Entry::Counter { until, .. } | Entry::Throttle { until, .. } => *until > now,
@@ -58,18 +62,29 @@ impl Entry {
 }
 
 impl Memory {
+    /// A store of at most `max_entries` keys.
+    pub fn new(max_entries: usize) -> Memory {
+        Memory {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                ops: 0,
+                epoch: Instant::now(),
+                max_entries: max_entries.max(1),
+            }),
+        }
+    }
+
     /// Adds `by` to `plugin`'s counter `key` and returns the new total; a
     /// counter older than `window` starts again from zero.
     pub fn incr(&self, plugin: &str, key: &str, by: u64, window: Duration) -> u64 {
         let now = Instant::now();
         let mut inner = self.lock(now);
-        let entry = inner
-            .entries
-            .entry((plugin.to_string(), key.to_string()))
-            .or_insert(Entry::Counter {
-                total: 0,
-                until: now + window,
-            });
+        let k = (plugin.to_string(), key.to_string());
+        inner.room_for(&k, now);
+        let entry = inner.entries.entry(k).or_insert(Entry::Counter {
+            total: 0,
+            until: now + window,
+        });
         match entry {
             Entry::Counter { total, until } if *until > now => {
                 *total = total.saturating_add(by);
@@ -106,6 +121,7 @@ impl Memory {
         };
         let (verdict, next) = super::gcra(tat, now_ms, cost, limit, window.as_secs_f64() * 1000.0);
         if let Some(tat) = next {
+            inner.room_for(&k, now);
             let until = now + Duration::from_secs_f64(((tat - now_ms) / 1000.0).max(0.0));
             inner.entries.insert(k, Entry::Throttle { tat, until });
         }
@@ -130,10 +146,9 @@ impl Memory {
     pub fn set(&self, plugin: &str, key: &str, value: Vec<u8>, ttl: Duration) {
         let now = Instant::now();
         let mut inner = self.lock(now);
-        inner.entries.insert(
-            (plugin.to_string(), key.to_string()),
-            value_entry(value, ttl, now),
-        );
+        let k = (plugin.to_string(), key.to_string());
+        inner.room_for(&k, now);
+        inner.entries.insert(k, value_entry(value, ttl, now));
     }
 
     /// Stores `value` only if the key holds nothing live; true if stored.
@@ -144,12 +159,14 @@ impl Memory {
         if inner.entries.get(&k).is_some_and(|e| e.live(now)) {
             return false;
         }
+        inner.room_for(&k, now);
         inner.entries.insert(k, value_entry(value, ttl, now));
         true
     }
 
     /// The lock, sweeping expired entries now and then so the map does not
-    /// grow without bound.
+    /// keep what has expired (new keys make room when it is full:
+    /// [`Inner::room_for`]).
     fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, Inner> {
         let mut inner = self.inner.lock().expect("state store poisoned");
         inner.ops += 1;
@@ -158,6 +175,42 @@ impl Memory {
             inner.entries.retain(|_, e| e.live(now));
         }
         inner
+    }
+}
+
+impl Inner {
+    /// Room for `key` if it is new and the store is full.
+    fn room_for(&mut self, key: &(String, String), now: Instant) {
+        if self.entries.len() >= self.max_entries && !self.entries.contains_key(key) {
+            self.make_room(now);
+        }
+    }
+
+    /// Drops the expired entries and, if that is not enough, a tenth of
+    /// the store, those closest to expiring first (what is lost is what
+    /// would have gone soonest anyway; values without an expiry go last).
+    /// A tenth at a time, so the sort is paid once per many new keys.
+    fn make_room(&mut self, now: Instant) {
+        self.entries.retain(|_, e| e.live(now));
+        if self.entries.len() < self.max_entries {
+            return;
+        }
+        let drop = (self.max_entries / 10).max(1);
+        let mut by_expiry: Vec<(Option<Instant>, (String, String))> = self
+            .entries
+            .iter()
+            .map(|(k, e)| (e.until(), k.clone()))
+            .collect();
+        // `None` (no expiry) sorts first in Option's order: put it last.
+        by_expiry.sort_by_key(|(until, _)| (until.is_none(), *until));
+        for (_, k) in by_expiry.into_iter().take(drop) {
+            self.entries.remove(&k);
+        }
+        tracing::warn!(
+            max_entries = self.max_entries,
+            dropped = drop,
+            "state store full: dropped the entries closest to expiring (raise state.max_entries, or use Redis)"
+        );
     }
 }
 
@@ -182,6 +235,31 @@ mod tests {
         assert_eq!(s.incr("q", "k", 1, w), 1);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.incr("p", "k", 1, w), 1);
+    }
+
+    #[test]
+    fn a_full_store_drops_what_expires_soonest_and_keeps_the_rest() {
+        let s = Memory::new(10);
+        let long = Duration::from_secs(3600);
+        s.set("p", "forever", b"1".to_vec(), Duration::ZERO);
+        for i in 0..9 {
+            s.set(
+                "p",
+                &format!("k{i}"),
+                b"x".to_vec(),
+                long + Duration::from_secs(i),
+            );
+        }
+        // Full: the next key makes room by dropping k0, the soonest to go.
+        s.set("p", "new", b"y".to_vec(), long);
+        assert_eq!(s.get("p", "k0"), None);
+        assert!(s.get("p", "k1").is_some() && s.get("p", "new").is_some());
+        assert!(s.get("p", "forever").is_some());
+        for i in 0..100 {
+            s.incr("p", &format!("c{i}"), 1, long);
+        }
+        assert!(s.inner.lock().unwrap().entries.len() <= 10);
+        assert!(s.get("p", "forever").is_some(), "no expiry goes last");
     }
 
     #[test]

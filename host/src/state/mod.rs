@@ -83,7 +83,7 @@ impl State {
     /// gateway starts, and serves, while Redis is down.
     pub fn new(config: &StateConfig) -> Result<State, String> {
         let backend = match config.backend {
-            StateBackend::Memory => Backend::Memory(memory::Memory::default()),
+            StateBackend::Memory => Backend::Memory(memory::Memory::new(config.max_entries)),
             StateBackend::Redis => {
                 let url = config
                     .url

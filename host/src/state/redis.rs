@@ -32,7 +32,8 @@ local allow_at = new_tat - window
 if now + 0.01 < allow_at then
   return {0, math.max(math.floor((window - (tat - now)) / interval), 0), math.ceil(allow_at - now)}
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(math.ceil(new_tat - now), 1))
+-- Three decimals: tostring's 14 digits keep one of a millisecond timestamp.
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(math.ceil(new_tat - now), 1))
 return {1, math.max(math.floor((window - (new_tat - now)) / interval), 0), 0}
 ";
 

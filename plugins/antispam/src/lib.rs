@@ -25,7 +25,8 @@
 //!   transaction's.
 //!
 //! Clients in `except_clients`, and authenticated ones
-//! (`skip_authenticated`, default true), are not checked at all.
+//! (`skip_authenticated`, default true), are not checked at all; only the
+//! X-Spam fields they bring are removed.
 //!
 //! Failures: a list that does not answer in time or answers something
 //! that is no listing code is not counted, and the log says which and why;
@@ -44,6 +45,7 @@ mod settings;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
+use weir_plugin_sdk::address::client_ip as client;
 use weir_plugin_sdk::auth_results::{self, Outcome};
 use weir_plugin_sdk::{
     Decision, Hook, Message, Mutation, Plugin, Reply, Verdict, config, dns, export_plugin, log,
@@ -56,15 +58,6 @@ static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 fn settings() -> &'static Settings {
     SETTINGS.get_or_init(|| settings::parse(&config::get()).expect("checked at init"))
-}
-
-/// The client's address, IPv4-mapped IPv6 taken as the IPv4 it is.
-fn client() -> Option<IpAddr> {
-    let ip: IpAddr = transaction::client_ip().parse().ok()?;
-    Some(match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    })
 }
 
 /// Whether this client is not checked at all.
@@ -106,11 +99,9 @@ fn refused_at(stage: Stage) -> Option<Reply> {
     ))
 }
 
+/// A domain the lists can be asked about: one with a dot.
 fn domain_of(address: &str) -> Option<String> {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-        .filter(|d| d.contains('.'))
+    weir_plugin_sdk::address::domain_of(address).filter(|d| d.contains('.'))
 }
 
 /// Every check at data: (test name, weight) of each that found something.
@@ -255,21 +246,33 @@ impl Plugin for AntiSpam {
         let s = settings();
         let ip = client();
         if exempt(s, ip) {
-            return Decision::from(Verdict::Continue);
+            // Not checked, so not vouched for: X-Spam fields it brings
+            // (forged or from elsewhere) go, as they do for everyone else,
+            // so that no filter after the gateway trusts them.
+            let forged: Vec<Mutation> = ["X-Spam-Score", "X-Spam-Status"]
+                .iter()
+                .filter(|n| s.score.headers && !msg.header(n).is_empty())
+                .map(|n| Mutation::RemoveHeader(n.to_string()))
+                .collect();
+            return Decision::changes(forged);
         }
         let tests = tests(s, ip, msg);
         // (A float sum of nothing is -0.0.)
         let score = tests.iter().fold(0.0, |sum, (_, w)| sum + w);
-        let spam = score >= s.score.tag;
+        let spam = s.score.tag.is_some_and(|t| score >= t);
         let list: Vec<String> = tests
             .iter()
             .map(|(n, w)| format!("{n}={}", fmt(*w)))
             .collect();
+        // With tagging off there is no threshold to name.
+        let required = s
+            .score
+            .tag
+            .map_or(String::new(), |t| format!(" required={}", fmt(t)));
         let status = format!(
-            "{}, score={} required={} tests={}",
+            "{}, score={}{required} tests={}",
             if spam { "Yes" } else { "No" },
             fmt(score),
-            fmt(s.score.tag),
             if list.is_empty() {
                 "none".to_string()
             } else {

@@ -1,7 +1,7 @@
 //! The configuration (`antispam.toml`, handed over as JSON), read and
 //! checked once per instance at `init`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -185,7 +185,8 @@ pub struct Greylist {
 /// The thresholds of the score.
 #[derive(Debug)]
 pub struct Thresholds {
-    pub tag: f64,
+    /// `None`: never tagged (`tag = 0`).
+    pub tag: Option<f64>,
     pub quarantine: Option<f64>,
     pub reject: Option<f64>,
     pub headers: bool,
@@ -204,12 +205,7 @@ pub struct Settings {
     pub greylist: Option<Greylist>,
 }
 
-/// An address or a network.
-pub fn net(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-}
+pub use weir_plugin_sdk::address::parse_net as net;
 
 /// `127.0.0.2`, `127.0.0.2-127.0.0.11` or `127.0.0.0/24`.
 fn codes(text: &str) -> Option<Codes> {
@@ -317,7 +313,7 @@ pub fn parse(text: &str) -> Result<Settings, String> {
     }
     let on = |v: f64| (v > 0.0).then_some(v);
     let score = Thresholds {
-        tag: s.tag,
+        tag: on(s.tag),
         quarantine: on(s.quarantine),
         reject: on(s.reject),
         headers: s.headers,
@@ -397,6 +393,9 @@ mod tests {
         let d = parse(r#"{"dnsbl": [{"zone": "bl.example"}]}"#).unwrap();
         assert!(d.dnsbl[0].codes[0].contains("127.0.0.2".parse().unwrap()));
         assert!(!d.dnsbl[0].codes[0].contains("127.255.255.254".parse().unwrap()));
+        // 0 turns a threshold off, tagging's too; the default tags at 5.
+        assert_eq!(parse(r#"{"score": {"tag": 0}}"#).unwrap().score.tag, None);
+        assert_eq!(d.score.tag, Some(5.0));
         for (bad, says) in [
             (r#"{"dnsbl": [{"zone": "bl"}]}"#, "domain"),
             (

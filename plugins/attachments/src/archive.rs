@@ -3,7 +3,11 @@
 //! entries, expanded size and time stop a zip bomb early. The outermost
 //! archive is read straight from the message through `part-range`, a
 //! chunk at a time, so even a large one never sits whole in the plugin's
-//! memory; a nested one is expanded into memory, within the size cap.
+//! memory; a nested one is expanded into memory, up to
+//! [`MAX_NESTED_IN_MEMORY`]. The number of entries is read from the
+//! archive's end record before the zip reader loads its directory, so an
+//! archive claiming a million entries is a finding, not a plugin out of
+//! memory.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Instant;
@@ -14,6 +18,53 @@ use crate::detect::{self, Kind};
 use crate::settings::Archives;
 
 const CHUNK: u32 = 64 << 10;
+
+/// The largest nested archive expanded into the plugin's memory to be
+/// looked into (the plugin has 64 MiB by default).
+pub const MAX_NESTED_IN_MEMORY: u64 = 16 << 20;
+
+/// How many entries the archive in `reader` says it has, from its end of
+/// central directory record (ZIP64's when the classic one overflows):
+/// `None` when no such record is found, which the zip reader then
+/// reports. Written by hand because the zip crate reads the whole
+/// directory before it says how long it is.
+fn declared_entries<R: Read + Seek>(reader: &mut R) -> std::io::Result<Option<u64>> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    // The record is 22 octets and a comment of up to 65,535 follows it.
+    let tail_len = len.min(22 + 65_535);
+    reader.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    reader.take(tail_len).read_to_end(&mut tail)?;
+    let Some(at) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+    else {
+        return Ok(None);
+    };
+    let u16_at = |i: usize| u16::from_le_bytes([tail[at + i], tail[at + i + 1]]);
+    let entries = u16_at(10);
+    if entries != 0xffff {
+        return Ok(Some(u64::from(entries)));
+    }
+    // ZIP64: a 20-octet locator precedes the record and points at the
+    // ZIP64 end record, whose entry count is at offset 32.
+    let Some(locator) = at.checked_sub(20) else {
+        return Ok(None);
+    };
+    if tail[locator..locator + 4] != [0x50, 0x4b, 0x06, 0x07] {
+        return Ok(None);
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&tail[locator + 8..locator + 16]);
+    let mut record = [0u8; 40];
+    reader.seek(SeekFrom::Start(u64::from_le_bytes(offset)))?;
+    if reader.read_exact(&mut record).is_err() || record[..4] != [0x50, 0x4b, 0x06, 0x06] {
+        return Ok(None);
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&record[32..40]);
+    Ok(Some(u64::from_le_bytes(count)))
+}
 
 /// One part's decoded content, read on demand.
 pub struct PartReader<'a> {
@@ -88,7 +139,7 @@ pub enum Finding {
     Unreadable(String),
 }
 
-/// What has been spent on one attachment so far.
+/// What has been spent on one message's archives so far.
 pub struct Budget {
     pub entries: u64,
     pub expanded: u64,
@@ -129,13 +180,20 @@ fn spend(limits: &Archives, budget: &mut Budget, n: u64) -> Result<(), Finding> 
 /// Walks the archive in `reader`, nested `depth` deep. `name_check` says
 /// why an entry's name is blocked, `content` which kinds are.
 pub fn inspect<R: Read + Seek>(
-    reader: R,
+    mut reader: R,
     depth: u32,
     limits: &Archives,
     budget: &mut Budget,
     name_check: &dyn Fn(&str) -> Option<String>,
     content: &[Kind],
 ) -> Result<(), Finding> {
+    let declared = declared_entries(&mut reader).map_err(|e| Finding::Unreadable(e.to_string()))?;
+    if declared.is_some_and(|n| budget.entries.saturating_add(n) > limits.max_entries) {
+        return Err(Finding::OverLimit(format!(
+            "more than {} entries",
+            limits.max_entries
+        )));
+    }
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| Finding::Unreadable(e.to_string()))?;
     for i in 0..zip.len() {
         budget.entries += 1;
@@ -196,14 +254,17 @@ pub fn inspect<R: Read + Seek>(
                 reason: format!("is {}", k.describe()),
             });
         }
-        if kind == Some(Kind::Zip) {
+        // A zip by its content or by its name (a damaged or disguised one
+        // is then unreadable, and so a finding, as at the top).
+        let zip_named = name.to_lowercase().ends_with(".zip");
+        if kind == Some(Kind::Zip) || zip_named {
             if depth + 1 > limits.max_depth {
                 return Err(Finding::OverLimit(format!(
                     "archives nested deeper than {}",
                     limits.max_depth
                 )));
             }
-            let room = limits.max_expanded - budget.expanded;
+            let room = (limits.max_expanded - budget.expanded).min(MAX_NESTED_IN_MEMORY);
             let head_len = head.len();
             let mut inner = head;
             (&mut file)
@@ -211,6 +272,12 @@ pub fn inspect<R: Read + Seek>(
                 .read_to_end(&mut inner)
                 .map_err(|e| Finding::Unreadable(e.to_string()))?;
             spend(limits, budget, (inner.len() - head_len) as u64)?;
+            if inner.len() as u64 > MAX_NESTED_IN_MEMORY {
+                return Err(Finding::OverLimit(format!(
+                    "holds an archive ({name}) over {} MiB",
+                    MAX_NESTED_IN_MEMORY >> 20
+                )));
+            }
             drop(file);
             inspect(
                 std::io::Cursor::new(inner),

@@ -69,7 +69,12 @@ fn label(part: &PartInfo) -> String {
 }
 
 /// Why one part is blocked, if it is.
-fn judge(s: &Settings, msg: &Message, part: &PartInfo) -> Option<String> {
+fn judge(
+    s: &Settings,
+    msg: &Message,
+    part: &PartInfo,
+    budget: &mut archive::Budget,
+) -> Option<String> {
     if let Some(name) = &part.filename
         && let Some(why) = name_verdict(s, name)
     {
@@ -106,9 +111,8 @@ fn judge(s: &Settings, msg: &Message, part: &PartInfo) -> Option<String> {
         .unwrap_or_default();
     if s.archives.inspect && (kind == Some(detect::Kind::Zip) || ext == "zip") {
         let reader = archive::PartReader::new(msg, part.id, part.size);
-        let mut budget = archive::Budget::new();
         let check = |n: &str| name_verdict(s, n);
-        let found = archive::inspect(reader, 1, &s.archives, &mut budget, &check, &s.content);
+        let found = archive::inspect(reader, 1, &s.archives, budget, &check, &s.content);
         log::log(
             log::Level::Debug,
             &format!(
@@ -151,13 +155,23 @@ impl Plugin for Attachments {
     fn on_data(msg: &Message) -> Decision {
         let s = settings();
         let mut blocked = Vec::new();
-        for part in msg.parts() {
-            let leaf = !part.content_type.starts_with("multipart/");
+        // The caps on archives are for the whole message: a hundred zips
+        // get the time and expansion one gets.
+        let mut budget = archive::Budget::new();
+        let parts = msg.parts();
+        let parents: std::collections::HashSet<u32> =
+            parts.iter().filter_map(|p| p.parent).collect();
+        for part in &parts {
+            // Leaves only: a multipart's or an attached message's parts
+            // are judged one by one (the gateway lists the parts of
+            // forwarded messages too).
+            let leaf = !parents.contains(&part.id);
             let body_text = part.content_type.starts_with("text/") && part.filename.is_none();
             if !leaf || (body_text && !part.is_attachment) {
                 continue;
             }
-            if let Some(reason) = judge(s, msg, &part) {
+            let part = part.clone();
+            if let Some(reason) = judge(s, msg, &part, &mut budget) {
                 log::log(log::Level::Info, &format!("{}: {reason}", label(&part)));
                 blocked.push((part, reason));
             }

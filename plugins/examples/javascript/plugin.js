@@ -17,7 +17,7 @@
 //
 // Grant it needs: `modify` (the header, the tag and the score).
 
-import { log } from 'weir:plugin/log@0.1.0';
+import { log } from 'weir:plugin/log@0.2.0';
 
 const KNOWN = ['blocked_extensions', 'subject_keywords', 'keyword_score', 'header'];
 

@@ -7,8 +7,10 @@
 //! Each rule is a token bucket (`state.throttle`, GCRA): `limit` events
 //! pass at once, the next is refused, one comes back every
 //! `window / limit`, and after a whole window without events the bucket is
-//! full again. A refused event is not counted, so a client that waits is
-//! served again.
+//! full again. A refused event is not counted by the rule that refuses
+//! it, so a client that waits is served again; rules go in order and the
+//! first that refuses decides, the ones before it having counted the
+//! event.
 //!
 //! Over a limit: connections get `421 4.7.0` and the connection is closed,
 //! messages and recipients `451 4.7.1`, with the rule's text (which may
@@ -49,12 +51,12 @@
 //! nobody), one keyed on the user skips clients that did not
 //! authenticate. Grant: `state`.
 
-use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use weir_plugin_sdk::address::{client_ip as client, domain_of, parse_net as net};
 use weir_plugin_sdk::{
     Decision, Hook, Message, Plugin, Reply, Verdict, config, export_plugin, log, state, transaction,
 };
@@ -285,29 +287,6 @@ fn check(r: RuleConfig) -> Result<Rule, String> {
         enhanced,
         text: r.text.unwrap_or_else(|| text.to_string()),
     })
-}
-
-/// An address or a network, as `except_clients` lists them.
-fn net(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
-/// The client's address, IPv4-mapped IPv6 taken as the IPv4 it is.
-fn client() -> Option<IpAddr> {
-    let ip: IpAddr = transaction::client_ip().parse().ok()?;
-    Some(match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    })
-}
-
-fn domain_of(address: &str) -> Option<String> {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
 }
 
 /// The values a rule counts this event under (none: the rule does not

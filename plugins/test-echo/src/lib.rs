@@ -3,7 +3,7 @@
 //!   recipients accepted before it, and spins forever for `spin@...`;
 //! - at DATA, adds `X-Echo-Data` with everything `transaction` tells;
 //! - before delivery, adds `X-Echo-Delivery` with the same, as delivery
-//!   tells it, and the destination.
+//!   tells it, and the destination; quarantines mail for `hold@...`.
 
 use weir_plugin_sdk::{Decision, Hook, Message, Mutation, Plugin, Reply, Verdict};
 use weir_plugin_sdk::{export_plugin, transaction as t};
@@ -60,6 +60,9 @@ impl Plugin for Echo {
     }
 
     fn on_pre_delivery(destination: String, _msg: &Message) -> Decision {
+        if t::recipients().iter().any(|r| r.starts_with("hold@")) {
+            return Decision::from(Verdict::Quarantine("held before delivery".into()));
+        }
         let value = format!("{} destination={destination}", described());
         Decision::changes(vec![Mutation::add_header("X-Echo-Delivery", &value)])
     }

@@ -232,12 +232,7 @@ fn with_disclaimer(
         if body.contains(&snippet) {
             return None;
         }
-        // Before </body> when there is one.
-        let new = match body.to_lowercase().rfind("</body>") {
-            Some(at) => format!("{}{snippet}\r\n{}", &body[..at], &body[at..]),
-            None => format!("{body}\r\n{snippet}\r\n"),
-        };
-        (new, "text/html; charset=utf-8")
+        (before_body_end(&body, &snippet), "text/html; charset=utf-8")
     } else {
         if body.contains(text) {
             return None;
@@ -253,6 +248,40 @@ fn with_disclaimer(
         content_type: kind.to_string(),
         body: new.into_bytes(),
     })
+}
+
+/// Whether `part` belongs to a forwarded message (an ancestor is a
+/// message/rfc822 part): the disclaimer goes on the message's own text,
+/// not on the text of the mail it forwards.
+fn in_attached_message(parts: &[PartInfo], part: &PartInfo) -> bool {
+    let mut at = part.parent;
+    // Parents come before children, so the walk ends.
+    while let Some(id) = at {
+        let Some(p) = parts.iter().find(|p| p.id == id) else {
+            return false;
+        };
+        if p.content_type.starts_with("message/") {
+            return true;
+        }
+        at = p.parent.filter(|&up| up < id);
+    }
+    false
+}
+
+/// `snippet` put into an HTML body before its `</body>` when it has one,
+/// else at its end.
+fn before_body_end(body: &str, snippet: &str) -> String {
+    // ASCII-case-insensitive, on the body's own bytes: lowercasing the
+    // whole body first can change its length (non-ASCII letters) and so
+    // the offset. `<` is ASCII, so the offset is a character boundary.
+    let at = body
+        .as_bytes()
+        .windows(7)
+        .rposition(|w| w.eq_ignore_ascii_case(b"</body>"));
+    match at {
+        Some(at) => format!("{}{snippet}\r\n{}", &body[..at], &body[at..]),
+        None => format!("{body}\r\n{snippet}\r\n"),
+    }
 }
 
 struct TransportRules;
@@ -294,7 +323,8 @@ impl Plugin for TransportRules {
                 disclaimed = true;
                 for part in facts.parts() {
                     let body_part = !part.is_attachment
-                        && (part.content_type == "text/plain" || part.content_type == "text/html");
+                        && (part.content_type == "text/plain" || part.content_type == "text/html")
+                        && !in_attached_message(facts.parts(), part);
                     if body_part && let Some(r) = with_disclaimer(msg, part, text, html.as_deref())
                     {
                         changes.push(Mutation::ReplacePart(r));
@@ -351,3 +381,23 @@ impl Plugin for TransportRules {
 }
 
 export_plugin!(TransportRules);
+
+#[cfg(test)]
+mod tests {
+    use super::before_body_end;
+
+    #[test]
+    fn the_disclaimer_goes_before_the_last_body_end_tag_in_any_case() {
+        // `İ` lowercases to three bytes: an offset found in the lowercased
+        // copy would cut this body in the wrong place.
+        let body = "<html><body><p>İİİ</p></BODY></html>";
+        assert_eq!(
+            before_body_end(body, "<p>D</p>"),
+            "<html><body><p>İİİ</p><p>D</p>\r\n</BODY></html>"
+        );
+        assert_eq!(
+            before_body_end("<p>x</p>", "<p>D</p>"),
+            "<p>x</p>\r\n<p>D</p>\r\n"
+        );
+    }
+}

@@ -196,6 +196,17 @@ fn field_name(name: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// A header field value the operator wrote: one line (the gateway folds
+/// long ones), no control characters.
+fn field_value(what: &str, value: String) -> Result<String, String> {
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "{what} {value:?}: no line breaks or control characters"
+        ));
+    }
+    Ok(value)
+}
+
 fn size(v: &serde_json::Value) -> Result<u64, String> {
     match v {
         serde_json::Value::Number(n) => n.as_u64().ok_or("a size is a number of octets".into()),
@@ -318,14 +329,20 @@ fn actions(a: ActionsFile) -> Result<Actions, String> {
         add_header: a
             .add_header
             .into_iter()
-            .map(|h| Ok((field_name(&h.name)?, h.value)))
+            .map(|h| {
+                let value = field_value(&format!("add_header {}", h.name), h.value)?;
+                Ok((field_name(&h.name)?, value))
+            })
             .collect::<Result<_, String>>()?,
         remove_header: a
             .remove_header
             .iter()
             .map(|h| field_name(h))
             .collect::<Result<_, _>>()?,
-        prepend_subject: a.prepend_subject,
+        prepend_subject: a
+            .prepend_subject
+            .map(|p| field_value("prepend_subject", p))
+            .transpose()?,
         disclaimer: a.disclaimer.map(|d| (d.text, d.html)),
         redirect_to: address(a.redirect_to, "redirect_to")?,
         add_recipients: address(a.add_recipients, "add_recipients")?,
@@ -398,6 +415,14 @@ mod tests {
             (
                 r#"{"rule": [{"name": "r", "then": {"add_header": [{"name": "Bad Name", "value": "x"}]}}]}"#,
                 "header field name",
+            ),
+            (
+                r#"{"rule": [{"name": "r", "then": {"add_header": [{"name": "X-A", "value": "a\r\nBcc: x@y"}]}}]}"#,
+                "no line breaks",
+            ),
+            (
+                r#"{"rule": [{"name": "r", "then": {"prepend_subject": "[EXT]\n"}}]}"#,
+                "prepend_subject",
             ),
             (
                 r#"{"rule": [{"name": "r", "if": {"auth": ["dmarc"]}, "then": {}}]}"#,
