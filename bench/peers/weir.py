@@ -87,6 +87,17 @@ reject = { code = 550, text = "No lotteries" }
 """
 
 
+# The bundled set-up's chains, in order; a set-up with some of the
+# plugins ("bundled:antispam+ratelimit") keeps their places.
+BUNDLED_CHAINS = {
+    "connect": ["ratelimit", "antispam"],
+    "mail_from": ["auth-policy", "ratelimit"],
+    "rcpt": ["antispam", "ratelimit"],
+    "data": ["auth-policy", "antispam", "ratelimit", "attachments", "transport-rules"],
+}
+BUNDLED = ["auth-policy", "antispam", "ratelimit", "attachments", "transport-rules"]
+
+
 class Weir:
     durability = (
         "fsyncs each message into its spool (group commit) before the 250; "
@@ -117,9 +128,13 @@ class Weir:
         os.makedirs(pdir)
         if self.variant == "none":
             return pdir, ""
-        if self.variant == "bundled":
-            for name in ("auth-policy", "antispam", "ratelimit", "attachments",
-                         "transport-rules"):
+        if self.variant == "bundled" or self.variant.startswith("bundled:"):
+            kept = (BUNDLED if self.variant == "bundled"
+                    else self.variant.split(":", 1)[1].split("+"))
+            unknown = set(kept) - set(BUNDLED)
+            if unknown:
+                raise ValueError(f"not a bundled plugin: {', '.join(sorted(unknown))}")
+            for name in BUNDLED:
                 shutil.copy(self.plugins[name], os.path.join(pdir, f"{name}.wasm"))
             with open(os.path.join(pdir, "auth-policy.toml"), "w") as f:
                 f.write("# the defaults\n")
@@ -131,11 +146,10 @@ class Weir:
                 f.write("# the defaults: executables refused, zips looked into\n")
             with open(os.path.join(pdir, "transport-rules.toml"), "w") as f:
                 f.write(TRANSPORT_RULES)
-            chains = ('chains = { connect = ["ratelimit", "antispam"], '
-                      'mail_from = ["auth-policy", "ratelimit"], '
-                      'rcpt = ["antispam", "ratelimit"], '
-                      'data = ["auth-policy", "antispam", "ratelimit", "attachments", '
-                      '"transport-rules"] }\n')
+            hooks = {h: [p for p in ps if p in kept] for h, ps in BUNDLED_CHAINS.items()}
+            chains = "chains = { " + ", ".join(
+                f"{h} = [" + ", ".join(f'"{p}"' for p in ps) + "]"
+                for h, ps in hooks.items() if ps) + " }\n"
             return pdir, chains
         if self.variant == "noop10":
             names = [f"noop{i}" for i in range(10)]
@@ -156,7 +170,7 @@ class Weir:
         pdir, chains = self._plugin_dir()
         text = f'data_dir = "{data}"\nlog_level = "warn"\n'
         text += f'[plugins]\ndir = "{pdir}"\nwatch = false\n'
-        if self.variant == "bundled":
+        if self.variant.startswith("bundled"):
             text += '[plugins.settings.auth-policy]\ngrants = ["modify"]\n'
             text += '[plugins.settings.antispam]\ngrants = ["dns", "state", "modify"]\n'
             text += '[plugins.settings.ratelimit]\ngrants = ["state"]\n'

@@ -176,6 +176,9 @@ pub struct PluginsConfig {
     pub cache_dir: Option<PathBuf>,
     /// Per plugin (by name): what it may use and its limits.
     pub settings: std::collections::BTreeMap<String, PluginSettings>,
+    /// Write `/tmp/perf-PID.map`, so `perf` names the plugins' compiled
+    /// functions (profiling only).
+    pub perf_map: bool,
 }
 
 impl Default for PluginsConfig {
@@ -187,6 +190,7 @@ impl Default for PluginsConfig {
             watch_interval: Duration::from_secs(1),
             cache_dir: None,
             settings: Default::default(),
+            perf_map: false,
         }
     }
 }

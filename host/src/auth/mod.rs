@@ -11,6 +11,7 @@
 //!   domain, and iprev.
 //! - From `data` on: those, plus DKIM (each signature), ARC and DMARC.
 
+pub mod cache;
 pub mod dmarc;
 pub mod results;
 pub mod sign;
@@ -33,6 +34,7 @@ use spf::{Identity, SpfCheck};
 /// What every transaction's checks share: the resolver and our name.
 pub struct Authenticator {
     inner: MessageAuthenticator,
+    caches: cache::Caches,
     authserv_id: String,
 }
 
@@ -42,6 +44,7 @@ impl Authenticator {
     pub fn new(resolver: TokioResolver, authserv_id: impl Into<String>) -> Authenticator {
         Authenticator {
             inner: MessageAuthenticator(resolver),
+            caches: cache::Caches::new(),
             authserv_id: authserv_id.into().to_ascii_lowercase(),
         }
     }
@@ -54,7 +57,15 @@ impl Authenticator {
     /// SPF for one identity of a client (also what the openspf suite
     /// runs against).
     pub async fn spf(&self, ip: IpAddr, helo: &str, identity: Identity<'_>) -> SpfCheck {
-        spf::check(&self.inner, ip, helo, &self.authserv_id, identity).await
+        spf::check(
+            &self.inner,
+            &self.caches,
+            ip,
+            helo,
+            &self.authserv_id,
+            identity,
+        )
+        .await
     }
 
     /// The checks of one transaction: a client at `ip` that said `helo`
@@ -143,7 +154,7 @@ impl Transaction {
         let (spf_helo, spf_mail, iprev) = tokio::join!(
             auth.spf(self.ip, &self.helo, Identity::Helo),
             auth.spf(self.ip, &self.helo, Identity::MailFrom(&self.mail_from)),
-            auth.inner.verify_iprev(self.ip),
+            auth.inner.verify_iprev(auth.caches.with(self.ip)),
         );
         let me = &auth.authserv_id;
         let helo = spf_result(me, self.ip, &spf_helo, "smtp.helo", &self.helo, &self.helo);
@@ -188,7 +199,7 @@ impl Transaction {
     }
 
     async fn check_message(&self, envelope: &Envelope, raw: Arc<Vec<u8>>) -> Vec<AuthResult> {
-        let auth = &self.auth.inner;
+        let (auth, caches) = (&self.auth.inner, &self.auth.caches);
         let mut results = envelope.results.clone();
         let iprev = results
             .pop()
@@ -220,7 +231,10 @@ impl Transaction {
             room = room.saturating_sub(1);
             keep
         });
-        let (dkim, arc) = tokio::join!(auth.verify_dkim(&message), auth.verify_arc(&message));
+        let (dkim, arc) = tokio::join!(
+            auth.verify_dkim(caches.with(&message)),
+            auth.verify_arc(caches.with(&message))
+        );
         if dkim.is_empty() {
             results.push(AuthResult::new(Method::Dkim, Outcome::None));
         }
@@ -263,12 +277,12 @@ impl Transaction {
             Outcome::None | Outcome::Policy => SpfResult::None,
         });
         let dmarc = auth
-            .verify_dmarc(DmarcParameters::new(
+            .verify_dmarc(caches.with(DmarcParameters::new(
                 &message,
                 &dkim,
                 &envelope.spf_mail.domain,
                 &spf_mail,
-            ))
+            )))
             .await;
         results.push(self.dmarc_result(&dmarc).await);
         results.push(iprev);

@@ -16,6 +16,7 @@ use hickory_resolver::proto::rr::RData;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfResult};
 
+use super::cache::Caches;
 use super::results::Outcome;
 
 /// Which identity is checked (RFC 7208 2.3 and 2.4).
@@ -43,6 +44,7 @@ pub struct SpfCheck {
 /// `receiver` is our own name (`%{r}`).
 pub async fn check(
     auth: &MessageAuthenticator,
+    caches: &Caches,
     ip: IpAddr,
     helo: &str,
     receiver: &str,
@@ -71,7 +73,7 @@ pub async fn check(
         Identity::Helo => SpfParameters::verify_ehlo(ip, helo, receiver),
         Identity::MailFrom(sender) => SpfParameters::verify_mail_from(ip, helo, receiver, sender),
     };
-    let out = auth.verify_spf(params).await;
+    let out = auth.verify_spf(caches.with(params)).await;
     let outcome = match out.result() {
         SpfResult::Pass => Outcome::Pass,
         SpfResult::Fail => Outcome::Fail,

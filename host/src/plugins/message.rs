@@ -556,23 +556,22 @@ fn fold(field: &str) -> String {
         while rest.len() > FOLD_AT {
             // A break at `at` starts the next line with that white space;
             // never at the line's first character, and never leaving a
-            // line of white space only.
-            let fits = |at: &usize| {
-                *at > first
-                    && !rest[..*at].trim_matches([' ', '\t']).is_empty()
-                    && !rest[*at..].trim_matches([' ', '\t']).is_empty()
+            // line of white space only: after the first other character
+            // (`lo`) and before the last (`hi`). Found in one pass: this
+            // runs for every header a plugin adds.
+            let bytes = rest.as_bytes();
+            let white = |b: u8| b == b' ' || b == b'\t';
+            let (Some(lo), Some(hi)) = (
+                bytes.iter().position(|&b| !white(b)),
+                bytes.iter().rposition(|&b| !white(b)),
+            ) else {
+                break;
             };
-            let ws = rest
-                .bytes()
-                .enumerate()
-                .filter(|(_, b)| matches!(b, b' ' | b'\t'));
-            let breaks: Vec<usize> = ws.map(|(at, _)| at).filter(fits).collect();
-            let at = breaks
-                .iter()
+            let fits = |at: &usize| *at > first && *at > lo && *at < hi && white(bytes[*at]);
+            let at = (0..=FOLD_AT)
                 .rev()
-                .find(|&&at| at <= FOLD_AT)
-                .or(breaks.first())
-                .copied();
+                .find(fits)
+                .or_else(|| (FOLD_AT + 1..bytes.len()).find(fits));
             let Some(at) = at else { break };
             out.push_str(&rest[..at]);
             out.push_str("\r\n");
@@ -923,6 +922,10 @@ mod tests {
             fold(&format!("X-A: {long} c")),
             format!("X-A: {long}\r\n c")
         );
+        // Never a line of white space only, nor a break after the colon.
+        let tail = format!("X-A: {long}   ");
+        assert_eq!(fold(&tail), tail);
+        assert_eq!(fold(&format!("X-A: {long}")), format!("X-A: {long}"));
         // Through a mutation: a 2,000-character value is written, folded.
         let v = view(MULTIPART);
         let out = apply(&v, &[Mutation::AddHeader(header("X-Report", &words))]).unwrap();

@@ -42,7 +42,17 @@
 //!
 //! One writer thread owns the open segment: sessions send it records over a
 //! channel; it takes everything waiting, writes it, syncs once and answers
-//! each sender. Under load the batch grows by itself, with no timer.
+//! each sender. Under load the batch grows by itself. When other sessions
+//! are about to hand over a message (they hold an [`Arriving`]: their
+//! data is in, their data-hook plugins are running), the writer waits for
+//! those announced before the wait began, up to [`COMMIT_DELAY`], before
+//! it syncs, as PostgreSQL's `commit_delay` with `commit_siblings` does:
+//! one sync then covers them too. Measured in `bench/` (relay, 20
+//! sessions): with the bundled plugins at data each message had a sync of
+//! its own (1.0 per message, about 75 µs of kernel time each on this VM),
+//! because the plugins spread the arrivals out; with the wait, 0.53 and
+//! 9-12% more messages/s, with and without plugins. A lone session never
+//! waits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -53,6 +63,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -177,9 +188,45 @@ pub struct Spool {
     inner: Arc<Inner>,
 }
 
+/// The longest the writer waits for arriving messages before a sync.
+pub const COMMIT_DELAY: Duration = Duration::from_millis(1);
+
+/// A message on its way to the spool: while any is announced, the writer
+/// holds a sync back (up to [`COMMIT_DELAY`]) for it. Handed to
+/// [`Spool::store_arriving`], or dropped if the message is not stored
+/// after all (a plugin refused it), which lets a waiting writer go on.
+pub struct Arriving {
+    count: Arc<Announced>,
+    writer: mpsc::Sender<Job>,
+    /// Still counted (not handed to the writer with its message).
+    armed: bool,
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if self.armed {
+            self.count.settled.fetch_add(1, Ordering::AcqRel);
+            // Wakes a writer waiting for this message.
+            let (done, _) = oneshot::channel();
+            let _ = self.writer.send(Job {
+                head: Vec::new(),
+                body: Vec::new(),
+                kind: JobKind::Wake,
+                arrived: false,
+                done,
+            });
+        }
+    }
+}
+
 struct Inner {
     /// The oldest segment on disk, as the writer last saw it.
     oldest: Arc<AtomicU64>,
+    /// Messages announced with [`Spool::arriving`], and how many of them
+    /// the writer has received (or will not get).
+    arriving: Arc<Announced>,
+    /// Syncs of appended records so far.
+    syncs: Arc<AtomicU64>,
     writer: mpsc::Sender<Job>,
     last_id: AtomicU64,
     dir: PathBuf,
@@ -193,6 +240,9 @@ struct Job {
     /// The rest of the payload (message bytes), kept apart to avoid a copy.
     body: Vec<u8>,
     kind: JobKind,
+    /// Announced with [`Spool::arriving`]: the writer takes it off the
+    /// count when it receives it.
+    arrived: bool,
     done: oneshot::Sender<Result<Location, SpoolError>>,
 }
 
@@ -203,6 +253,8 @@ enum JobKind {
     Done(QueueId),
     /// Writes nothing; answered once everything queued before it is on disk.
     Barrier,
+    /// Not written nor answered: an announced message will not come.
+    Wake,
 }
 
 impl Spool {
@@ -211,6 +263,15 @@ impl Spool {
     pub fn open(
         data_dir: &Path,
         segment_size: u64,
+    ) -> Result<(Spool, Vec<StoredMessage>), SpoolError> {
+        Spool::open_with(data_dir, segment_size, COMMIT_DELAY)
+    }
+
+    /// [`Spool::open`] with another longest wait for arriving messages.
+    pub fn open_with(
+        data_dir: &Path,
+        segment_size: u64,
+        commit_delay: Duration,
     ) -> Result<(Spool, Vec<StoredMessage>), SpoolError> {
         let dir = data_dir.join("spool");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -250,13 +311,22 @@ impl Spool {
         writer.collect_garbage();
         let oldest = writer.oldest.clone();
         let (tx, rx) = mpsc::channel();
+        let arriving = Arc::new(Announced::default());
+        let syncs = Arc::new(AtomicU64::new(0));
+        let group = Group {
+            arriving: arriving.clone(),
+            delay: commit_delay,
+            syncs: syncs.clone(),
+        };
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, group))
             .map_err(io_err(&dir))?;
 
         let spool = Spool {
             inner: Arc::new(Inner {
+                arriving,
+                syncs,
                 writer: tx,
                 last_id: AtomicU64::new(max_id),
                 oldest,
@@ -265,6 +335,35 @@ impl Spool {
             }),
         };
         Ok((spool, recovered))
+    }
+
+    /// Announces a message that will be stored soon (its data is in), so
+    /// a sync due meanwhile waits for it; see [`COMMIT_DELAY`].
+    pub fn arriving(&self) -> Arriving {
+        self.inner.arriving.announced.fetch_add(1, Ordering::AcqRel);
+        Arriving {
+            count: self.inner.arriving.clone(),
+            writer: self.inner.writer.clone(),
+            armed: true,
+        }
+    }
+
+    /// [`Spool::store`] for a message announced with [`Spool::arriving`].
+    pub async fn store_arriving(
+        &self,
+        mut arriving: Arriving,
+        envelope: &Envelope,
+        message: Vec<u8>,
+    ) -> Result<Location, SpoolError> {
+        arriving.armed = false;
+        let wait = self.enqueue_message(envelope, message, true);
+        drop(arriving);
+        wait?.await.map_err(|_| SpoolError::WriterGone)?
+    }
+
+    /// How many times the writer has synced appended records.
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     /// The spool directory.
@@ -291,12 +390,27 @@ impl Spool {
         envelope: &Envelope,
         message: Vec<u8>,
     ) -> Result<Location, SpoolError> {
+        let wait = self.enqueue_message(envelope, message, false)?;
+        wait.await.map_err(|_| SpoolError::WriterGone)?
+    }
+
+    fn enqueue_message(
+        &self,
+        envelope: &Envelope,
+        message: Vec<u8>,
+        arrived: bool,
+    ) -> Result<oneshot::Receiver<Result<Location, SpoolError>>, SpoolError> {
         let envelope_json = serde_json::to_vec(envelope).expect("envelope serialises");
         let mut prefix = Vec::with_capacity(4 + envelope_json.len());
         prefix.extend_from_slice(&(envelope_json.len() as u32).to_le_bytes());
         prefix.extend_from_slice(&envelope_json);
-        self.append(KIND_MESSAGE, prefix, message, JobKind::Message(envelope.id))
-            .await
+        self.enqueue_as(
+            KIND_MESSAGE,
+            prefix,
+            message,
+            JobKind::Message(envelope.id),
+            arrived,
+        )
     }
 
     /// Records new states for some recipients of a message.
@@ -358,6 +472,7 @@ impl Spool {
                 head: Vec::new(),
                 body: Vec::new(),
                 kind: JobKind::Barrier,
+                arrived: false,
                 done,
             })
             .map_err(|_| SpoolError::WriterGone)?;
@@ -426,6 +541,17 @@ impl Spool {
         body: Vec<u8>,
         job: JobKind,
     ) -> Result<oneshot::Receiver<Result<Location, SpoolError>>, SpoolError> {
+        self.enqueue_as(kind, prefix, body, job, false)
+    }
+
+    fn enqueue_as(
+        &self,
+        kind: u8,
+        prefix: Vec<u8>,
+        body: Vec<u8>,
+        job: JobKind,
+        arrived: bool,
+    ) -> Result<oneshot::Receiver<Result<Location, SpoolError>>, SpoolError> {
         let payload_len = prefix.len() + body.len();
         let payload_len32 =
             u32::try_from(payload_len).map_err(|_| SpoolError::TooLarge(body.len()))?;
@@ -448,11 +574,30 @@ impl Spool {
                 head,
                 body,
                 kind: job,
+                arrived,
                 done,
             })
             .map_err(|_| SpoolError::WriterGone)?;
         Ok(wait)
     }
+}
+
+/// Counts of [`Arriving`] messages: every announced one is settled once,
+/// when the writer receives it or when it is dropped unstored.
+#[derive(Default)]
+struct Announced {
+    announced: AtomicU64,
+    settled: AtomicU64,
+}
+
+/// What the writer shares with the spool handles for group commit.
+struct Group {
+    /// Messages announced, and settled.
+    arriving: Arc<Announced>,
+    /// The longest a sync waits for them.
+    delay: Duration,
+    /// Syncs done.
+    syncs: Arc<AtomicU64>,
 }
 
 /// The writer thread's state: the segment it appends to, and what keeps
@@ -498,17 +643,42 @@ impl SegmentWriter {
         })
     }
 
-    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+    fn run(mut self, jobs: mpsc::Receiver<Job>, group: Group) {
         let mut batch = Vec::new();
+        let take = |batch: &mut Vec<Job>, job: Job| {
+            if job.arrived {
+                group.arriving.settled.fetch_add(1, Ordering::AcqRel);
+            }
+            if !matches!(job.kind, JobKind::Wake) {
+                batch.push(job);
+            }
+        };
         // Blocks for the first job; ends when every Spool handle is gone.
         while let Ok(first) = jobs.recv() {
-            batch.push(first);
+            take(&mut batch, first);
             while let Ok(more) = jobs.try_recv() {
-                batch.push(more);
+                take(&mut batch, more);
+            }
+            // Group commit with the messages on their way now (not with
+            // those announced while it waits: under a steady stream that
+            // would always wait the whole delay, and closed-loop clients
+            // would see the latency as lost throughput).
+            let due = group.arriving.announced.load(Ordering::Acquire);
+            let until = Instant::now() + group.delay;
+            while group.arriving.settled.load(Ordering::Acquire) < due {
+                let left = until.saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(left) {
+                    Ok(job) => take(&mut batch, job),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
             }
             let mut answers = Vec::with_capacity(batch.len());
             let failed = match self.append(&batch) {
                 Ok(locations) => {
+                    group.syncs.fetch_add(1, Ordering::Relaxed);
                     for (job, location) in batch.drain(..).zip(locations) {
                         self.account(&job.kind, location.segment);
                         answers.push((job.done, Ok(location)));
@@ -570,7 +740,7 @@ impl SegmentWriter {
                     *n = n.saturating_sub(1);
                 }
             }
-            JobKind::State | JobKind::Barrier => {}
+            JobKind::State | JobKind::Barrier | JobKind::Wake => {}
         }
     }
 
@@ -837,6 +1007,49 @@ mod tests {
             score: 0.0,
             released: false,
         }
+    }
+
+    /// Longer than any test runs: a sync that waits this long failed.
+    const FOREVER: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_sync_waits_for_an_announced_message_and_covers_it_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open_with(dir.path(), 1 << 20, FOREVER).unwrap();
+        let coming = spool.arriving();
+        let first = spool
+            .enqueue_message(&envelope(spool.next_id()), b"one\r\n".to_vec(), false)
+            .unwrap();
+        let second = spool
+            .store_arriving(coming, &envelope(spool.next_id()), b"two\r\n".to_vec())
+            .await
+            .unwrap();
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(spool.syncs(), 1, "one sync for both messages");
+        assert_eq!(spool.read(first).await.unwrap(), b"one\r\n");
+        assert_eq!(spool.read(second).await.unwrap(), b"two\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_message_announced_and_not_stored_holds_no_sync_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open_with(dir.path(), 1 << 20, FOREVER).unwrap();
+        let refused = spool.arriving();
+        let first = spool
+            .enqueue_message(&envelope(spool.next_id()), b"one\r\n".to_vec(), false)
+            .unwrap();
+        drop(refused);
+        let stored = tokio::time::timeout(FOREVER / 2, first)
+            .await
+            .expect("the sync waited for a message that was not coming");
+        stored.unwrap().unwrap();
+        assert_eq!(spool.syncs(), 1);
+        // Nothing announced: a store is synced at once.
+        spool
+            .store(&envelope(spool.next_id()), b"two\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(spool.syncs(), 2);
     }
 
     #[tokio::test]

@@ -171,6 +171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn store(&mut self, mut txn: Transaction, message: Vec<u8>) -> Step {
+        // Stored with the message, or dropped if it is not stored.
+        let arriving = self.ctx.spool.arriving();
         let mut changes = crate::plugins::message::EnvelopeChanges::default();
         let (message, quarantine) = if self
             .plugins
@@ -207,9 +209,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             released: false,
         };
         if let Some((plugin, reason)) = quarantine {
+            drop(arriving);
             return self.hold(envelope, message, plugin, reason).await;
         }
-        match self.ctx.spool.store(&envelope, message).await {
+        match self
+            .ctx
+            .spool
+            .store_arriving(arriving, &envelope, message)
+            .await
+        {
             Ok(location) => {
                 tracing::info!(
                     queue_id = %envelope.id,
