@@ -355,8 +355,9 @@ impl Spool {
         envelope: &Envelope,
         message: Vec<u8>,
     ) -> Result<Location, SpoolError> {
-        arriving.armed = false;
         let wait = self.enqueue_message(envelope, message, true);
+        // Sent: the writer settles it. Not sent: dropping it does.
+        arriving.armed = wait.is_err();
         drop(arriving);
         wait?.await.map_err(|_| SpoolError::WriterGone)?
     }
