@@ -1,8 +1,10 @@
 """What every peer of the benchmark needs: free ports, waiting for a port,
-process trees and their memory."""
+stopping a server, process trees and their memory."""
 
 import os
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -32,6 +34,23 @@ def wait_port(port: int, alive, timeout: float, what: str, log_tail) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{log_tail()}")
+
+
+def stop_group(proc) -> None:
+    """Stops a server started with `start_new_session=True`: SIGTERM to its
+    process group, SIGKILL after 20 s, then SIGKILL to whatever of the
+    group is left (workers that outlive their parent)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def children(pid: int) -> list[int]:

@@ -47,7 +47,6 @@ split among the workers).
 import json
 import os
 import shutil
-import signal
 import subprocess
 
 from . import common
@@ -232,19 +231,8 @@ inet_prefer=v4
         common.wait_port(port, lambda: self.proc.poll() is None, 30, "haraka", self.log_tail)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
         if self.proc:
-            # Cluster workers left behind (they are in the same group).
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            common.stop_group(self.proc)
         self.proc = None
 
     def alive(self) -> bool:

@@ -26,7 +26,6 @@ before the next, and a finished message gets a done record.
 
 import os
 import shutil
-import signal
 import subprocess
 
 from . import common
@@ -204,13 +203,8 @@ class Weir:
         common.wait_port(port, lambda: self.proc.poll() is None, 30, "weir", self.log_tail)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc:
+            common.stop_group(self.proc)
         self.proc = None
 
     def alive(self) -> bool:

@@ -215,6 +215,34 @@ pub mod address {
     }
 }
 
+/// Sizes as operators write them in a plugin's configuration.
+pub mod size {
+    /// Parses `"200 MiB"`, `"50MB"`, `"512 KiB"` or a number of octets
+    /// (`"1048576"`), units in either case (on the bytesize crate, as the
+    /// gateway's own configuration does).
+    pub fn parse_size(text: &str) -> Result<u64, String> {
+        text.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| format!("{text:?} is not a size (e.g. \"100 MiB\", \"50MB\")"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sizes_parse_with_their_units() {
+            assert_eq!(parse_size("200 MiB"), Ok(200 << 20));
+            assert_eq!(parse_size("50MB"), Ok(50_000_000));
+            assert_eq!(parse_size("512 kib"), Ok(512 << 10));
+            assert_eq!(parse_size("4096"), Ok(4096));
+            assert!(parse_size("lots").unwrap_err().contains("lots"));
+            assert!(parse_size("5 parsecs").is_err());
+        }
+    }
+}
+
 /// Durations as operators write them in a plugin's configuration.
 pub mod time {
     use std::time::Duration;

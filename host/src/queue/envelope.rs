@@ -71,6 +71,41 @@ impl Envelope {
     }
 }
 
+#[cfg(test)]
+impl Envelope {
+    /// A five-octet message from `a@example.org` to `b@example.net`, for
+    /// tests.
+    pub(crate) fn sample(id: QueueId) -> Envelope {
+        Envelope {
+            id,
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient {
+                address: "b@example.net".into(),
+                orcpt: None,
+                notify: Default::default(),
+            }],
+            ret: None,
+            envid: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            client: ClientInfo {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                helo: "client".into(),
+                listener: "test".into(),
+                tls: None,
+                authenticated_user: None,
+            },
+            received_at: 0,
+            size: 5,
+            route: None,
+            require_tls: false,
+            tags: Vec::new(),
+            score: 0.0,
+            released: false,
+        }
+    }
+}
+
 /// One recipient and its DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {

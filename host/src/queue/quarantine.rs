@@ -243,37 +243,10 @@ fn sync_dir(dir: &Path) -> Result<(), QuarantineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{BodyType, ClientInfo, Recipient};
 
     fn held(id: u64) -> Held {
         Held {
-            envelope: Envelope {
-                id: QueueId(id),
-                sender: "a@example.org".into(),
-                recipients: vec![Recipient {
-                    address: "b@example.net".into(),
-                    orcpt: None,
-                    notify: Default::default(),
-                }],
-                ret: None,
-                envid: None,
-                body: BodyType::SevenBit,
-                smtputf8: false,
-                client: ClientInfo {
-                    addr: "192.0.2.1:25".parse().unwrap(),
-                    helo: "c".into(),
-                    listener: "in".into(),
-                    tls: None,
-                    authenticated_user: None,
-                },
-                received_at: 1,
-                size: 5,
-                route: None,
-                require_tls: false,
-                tags: Vec::new(),
-                score: 0.0,
-                released: false,
-            },
+            envelope: Envelope::sample(QueueId(id)),
             reason: "spam score 11".into(),
             plugin: "antispam".into(),
             hook: "data".into(),

@@ -978,37 +978,6 @@ fn split_message(payload: &[u8]) -> Option<(Envelope, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{BodyType, ClientInfo, Recipient};
-
-    fn envelope(id: QueueId) -> Envelope {
-        Envelope {
-            id,
-            sender: "a@example.org".into(),
-            recipients: vec![Recipient {
-                address: "b@example.net".into(),
-                orcpt: None,
-                notify: Default::default(),
-            }],
-            ret: None,
-            envid: None,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            client: ClientInfo {
-                addr: "127.0.0.1:1".parse().unwrap(),
-                helo: "client".into(),
-                listener: "test".into(),
-                tls: None,
-                authenticated_user: None,
-            },
-            received_at: 0,
-            size: 5,
-            route: None,
-            require_tls: false,
-            tags: Vec::new(),
-            score: 0.0,
-            released: false,
-        }
-    }
 
     /// Longer than any test runs: a sync that waits this long failed.
     const FOREVER: Duration = Duration::from_secs(60);
@@ -1019,10 +988,18 @@ mod tests {
         let (spool, _) = Spool::open_with(dir.path(), 1 << 20, FOREVER).unwrap();
         let coming = spool.arriving();
         let first = spool
-            .enqueue_message(&envelope(spool.next_id()), b"one\r\n".to_vec(), false)
+            .enqueue_message(
+                &Envelope::sample(spool.next_id()),
+                b"one\r\n".to_vec(),
+                false,
+            )
             .unwrap();
         let second = spool
-            .store_arriving(coming, &envelope(spool.next_id()), b"two\r\n".to_vec())
+            .store_arriving(
+                coming,
+                &Envelope::sample(spool.next_id()),
+                b"two\r\n".to_vec(),
+            )
             .await
             .unwrap();
         let first = first.await.unwrap().unwrap();
@@ -1037,7 +1014,11 @@ mod tests {
         let (spool, _) = Spool::open_with(dir.path(), 1 << 20, FOREVER).unwrap();
         let refused = spool.arriving();
         let first = spool
-            .enqueue_message(&envelope(spool.next_id()), b"one\r\n".to_vec(), false)
+            .enqueue_message(
+                &Envelope::sample(spool.next_id()),
+                b"one\r\n".to_vec(),
+                false,
+            )
             .unwrap();
         drop(refused);
         let stored = tokio::time::timeout(FOREVER / 2, first)
@@ -1047,7 +1028,7 @@ mod tests {
         assert_eq!(spool.syncs(), 1);
         // Nothing announced: a store is synced at once.
         spool
-            .store(&envelope(spool.next_id()), b"two\r\n".to_vec())
+            .store(&Envelope::sample(spool.next_id()), b"two\r\n".to_vec())
             .await
             .unwrap();
         assert_eq!(spool.syncs(), 2);
@@ -1063,7 +1044,7 @@ mod tests {
             for i in 0..10 {
                 let id = spool.next_id();
                 let loc = spool
-                    .store(&envelope(id), format!("msg {i}\r\n").into_bytes())
+                    .store(&Envelope::sample(id), format!("msg {i}\r\n").into_bytes())
                     .await
                     .unwrap();
                 assert_eq!(
@@ -1112,8 +1093,14 @@ mod tests {
             let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
             let a = spool.next_id();
             let b = spool.next_id();
-            spool.store(&envelope(a), b"a".to_vec()).await.unwrap();
-            spool.store(&envelope(b), b"b".to_vec()).await.unwrap();
+            spool
+                .store(&Envelope::sample(a), b"a".to_vec())
+                .await
+                .unwrap();
+            spool
+                .store(&Envelope::sample(b), b"b".to_vec())
+                .await
+                .unwrap();
             let delivered = RcptState::Delivered {
                 reply: "250 ok".into(),
                 notified: true,
@@ -1150,7 +1137,10 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..3 {
             let id = spool.next_id();
-            spool.store(&envelope(id), vec![b'x'; 100]).await.unwrap();
+            spool
+                .store(&Envelope::sample(id), vec![b'x'; 100])
+                .await
+                .unwrap();
             ids.push(id);
         }
         // Each message went to its own segment (64-byte segments).
@@ -1175,12 +1165,15 @@ mod tests {
         let (spool, _) = Spool::open(dir.path(), 64).unwrap();
         let stuck = spool.next_id();
         let stuck_loc = spool
-            .store(&envelope(stuck), vec![b's'; 100])
+            .store(&Envelope::sample(stuck), vec![b's'; 100])
             .await
             .unwrap();
         for _ in 0..3 {
             let id = spool.next_id();
-            spool.store(&envelope(id), vec![b'x'; 100]).await.unwrap();
+            spool
+                .store(&Envelope::sample(id), vec![b'x'; 100])
+                .await
+                .unwrap();
             spool.finish(id).await.unwrap();
         }
         // The stuck message holds the oldest segment, and with it all others.
@@ -1192,7 +1185,7 @@ mod tests {
             last_reply: Some("451 later".into()),
         }];
         let new_loc = spool
-            .relocate(&envelope(stuck), &states, stuck_loc)
+            .relocate(&Envelope::sample(stuck), &states, stuck_loc)
             .await
             .unwrap();
         assert!(new_loc.segment > stuck_loc.segment);
@@ -1214,7 +1207,10 @@ mod tests {
         {
             let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
             let id = spool.next_id();
-            spool.store(&envelope(id), b"hello".to_vec()).await.unwrap();
+            spool
+                .store(&Envelope::sample(id), b"hello".to_vec())
+                .await
+                .unwrap();
         }
         let seg = list_segments(&dir.path().join("spool")).unwrap()[0]
             .1

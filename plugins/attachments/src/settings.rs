@@ -104,34 +104,11 @@ pub struct Settings {
     pub archives: Archives,
 }
 
-/// `"200 MiB"`, `"50MB"`, `"512 KiB"` or a number of octets.
+/// A size: a number of octets, or a string such as `"200 MiB"`.
 pub fn size(v: &serde_json::Value) -> Result<u64, String> {
     match v {
         serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a size")),
-        serde_json::Value::String(s) => {
-            let t = s.trim();
-            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (n, unit) = t.split_at(split);
-            let n: u64 = n
-                .parse()
-                .map_err(|_| format!("{s:?} is not a size (e.g. \"100 MiB\")"))?;
-            let k = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "kb" => 1000,
-                "kib" => 1 << 10,
-                "mb" => 1_000_000,
-                "mib" => 1 << 20,
-                "gb" => 1_000_000_000,
-                "gib" => 1 << 30,
-                other => {
-                    return Err(format!(
-                        "{s:?}: unknown unit {other:?} (KiB, MiB, GiB, KB, MB, GB)"
-                    ));
-                }
-            };
-            n.checked_mul(k)
-                .ok_or_else(|| format!("{s:?} is too large"))
-        }
+        serde_json::Value::String(s) => weir_plugin_sdk::size::parse_size(s),
         _ => Err("a size is a number of octets or a string such as \"100 MiB\"".into()),
     }
 }

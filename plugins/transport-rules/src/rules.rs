@@ -209,24 +209,8 @@ fn field_value(what: &str, value: String) -> Result<String, String> {
 
 fn size(v: &serde_json::Value) -> Result<u64, String> {
     match v {
-        serde_json::Value::Number(n) => n.as_u64().ok_or("a size is a number of octets".into()),
-        serde_json::Value::String(s) => {
-            let t = s.trim();
-            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            let (n, unit) = t.split_at(split);
-            let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a size"))?;
-            let k: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "kb" => 1000,
-                "kib" => 1 << 10,
-                "mb" => 1_000_000,
-                "mib" => 1 << 20,
-                "gb" => 1_000_000_000,
-                "gib" => 1 << 30,
-                other => return Err(format!("{s:?}: unknown unit {other:?}")),
-            };
-            Ok(n.saturating_mul(k))
-        }
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| format!("{n} is not a size")),
+        serde_json::Value::String(s) => weir_plugin_sdk::size::parse_size(s),
         _ => Err("a size is a number of octets or a string such as \"10 MiB\"".into()),
     }
 }
