@@ -115,6 +115,11 @@ impl Gateway {
         self.dir.path().join("data")
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         read_log(self.dir.path())
     }

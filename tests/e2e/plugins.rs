@@ -154,6 +154,29 @@ fn block_recipients() -> &'static [u8] {
 }
 
 #[test]
+fn perf_map_lets_perf_name_the_plugins_code() {
+    let plugins = plugin_dir(&[("noop", "weir-plugin-noop", "")]);
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        plugins_table(plugins.path(), "perf_map = true"),
+        listener("in", "chains = { rcpt = [\"noop\"] }")
+    ));
+    // perf's convention: /tmp/perf-PID.map, one "address size name" line
+    // per function. Plugins are loaded before the listeners are ready.
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", gw.pid()));
+    let text = std::fs::read_to_string(&map);
+    let _ = std::fs::remove_file(&map);
+    let text = text.expect("the perf map is written");
+    assert!(
+        text.lines().any(|l| l
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|n| n.starts_with("wasm"))),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_plugin_in_the_rcpt_chain_refuses_with_its_own_reply() {
     let plugins = tempfile::tempdir().unwrap();
     std::fs::write(plugins.path().join("block.wasm"), block_recipients()).unwrap();
